@@ -1,0 +1,13 @@
+"""keras-litenext: lightweight medical image segmentation in Keras 3, from training to int8 TFLite.
+
+>>> from keras_litenext import LiteNeXt
+>>> model = LiteNeXt()          # 711,201 parameters, logits at the input resolution
+"""
+
+from keras_litenext import layers
+from keras_litenext.models import LiteNeXt, create_model, list_models
+from keras_litenext.utils import count_macs
+from keras_litenext.version import __version__
+from keras_litenext.weights import load_torch_weights
+
+__all__ = ["LiteNeXt", "count_macs", "create_model", "layers", "list_models", "load_torch_weights", "__version__"]

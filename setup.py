@@ -1,0 +1,38 @@
+"""keras-litenext: lightweight medical image segmentation in Keras 3, from training to int8 TFLite."""
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "keras_litenext" / "version.py").read_text()).group(1)
+
+setup(
+    name="keras-litenext",
+    version=VERSION,
+    description="LiteNeXt and other lightweight medical segmentation models for Keras 3, with an int8 TFLite path.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.14",
+    packages=find_packages(include=["keras_litenext", "keras_litenext.*"]),
+    package_data={"keras_litenext": ["assets/**/*"]},
+    include_package_data=True,
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.13,<4",
+        "numpy>=1.26",
+        "opencv-python-headless>=4.8,<6",
+    ],
+    extras_require={
+        "litert": ["ai-edge-litert>=2.3,<3"],
+        "jax": ["jax>=0.4.30"],
+        "test": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30"],
+        "dev": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "ruff", "tensorboard", "matplotlib"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+    ],
+)
