@@ -14,18 +14,18 @@ _SKIPPED_SUFFIXES = ("num_batches_tracked",)
 
 
 def _convert(layer, prefix, state_dict):
-    """Keras weight arrays for `layer` from the tensors under `prefix`, PyTorch layouts converted."""
+    """`(pytorch_name, keras_array)` for each weight of `layer`, PyTorch layouts converted."""
 
-    def get(suffix):
-        return state_dict[f"{prefix}.{suffix}"]
+    def get(suffix, convert=lambda a: a):
+        return f"{prefix}.{suffix}", convert(state_dict[f"{prefix}.{suffix}"])
 
     if isinstance(layer, layers.DepthwiseConv2D):
-        arrays = [get("weight").transpose(2, 3, 0, 1)]  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+        arrays = [get("weight", lambda w: w.transpose(2, 3, 0, 1))]  # (C, 1, kh, kw) -> (kh, kw, C, 1)
     elif isinstance(layer, layers.Conv2D):
-        arrays = [get("weight").transpose(2, 3, 1, 0)]  # (O, I, kh, kw) -> (kh, kw, I, O)
+        arrays = [get("weight", lambda w: w.transpose(2, 3, 1, 0))]  # (O, I, kh, kw) -> (kh, kw, I, O)
     elif isinstance(layer, layers.Dense):
-        w = get("weight")
-        arrays = [(w[:, :, 0, 0] if w.ndim == 4 else w).T]  # Linear or 1x1 conv on a pooled vector
+        # a Linear, or a 1x1 convolution applied to a pooled vector
+        arrays = [get("weight", lambda w: (w[:, :, 0, 0] if w.ndim == 4 else w).T)]
     elif isinstance(layer, ChannelLayerNorm):
         return [get("weight"), get("bias")]
     elif isinstance(layer, layers.BatchNormalization):
@@ -80,10 +80,10 @@ def load_torch_weights(model, state_dict, architecture=None):
             continue
         used |= expected
         arrays = _convert(layer, prefix, state)
-        for variable, array in zip(layer.weights, arrays):
+        for variable, (key, array) in zip(layer.weights, arrays):
             if tuple(variable.shape) != array.shape:
-                mismatched.append(f"{prefix} -> {variable.path}: expected {tuple(variable.shape)}, got {array.shape}")
-        assignments.append((layer, arrays))
+                mismatched.append(f"{key} -> {variable.path}: expected {tuple(variable.shape)}, got {array.shape} after conversion")
+        assignments.append((layer, [array for _, array in arrays]))
     unexpected = sorted(k for k in state if k not in used and not k.endswith(_SKIPPED_SUFFIXES))
     problems = []
     if missing:

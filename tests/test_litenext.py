@@ -1,0 +1,134 @@
+"""LiteNeXt: structure, parity with the reference PyTorch model, serialization, shape rules."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_litenext as kl
+from keras_litenext.models.litenext import torch_key
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_paper_and_repo_parameter_counts():
+    assert kl.LiteNeXt().count_params() == 711_201
+    assert kl.LiteNeXt(kernel_size=3).count_params() == 701_601
+
+
+def test_registry_builds_litenext():
+    assert "litenext" in kl.list_models()
+    model = kl.create_model("litenext", input_shape=(64, 64, 3))
+    assert model.count_params() == 711_201
+    with pytest.raises(ValueError, match="Unknown model 'nope'"):
+        kl.create_model("nope")
+
+
+@pytest.mark.parametrize("fixture,kernel_size", [("litenext_k7.npz", 7), ("litenext_k3.npz", 3)])
+def test_parity_with_reference(fixture_loader, fixture, kernel_size):
+    state, x, ref = fixture_loader(fixture)
+    model = kl.LiteNeXt(input_shape=x.shape[1:], kernel_size=kernel_size)
+    kl.load_torch_weights(model, state)
+    out = np.asarray(model.predict_on_batch(x))
+    assert out.shape == ref.shape
+    assert np.abs(out - ref).max() <= 1e-5
+
+
+def test_parity_with_dynamic_input_size(fixture_loader):
+    state, x, ref = fixture_loader("litenext_k7.npz")
+    model = kl.LiteNeXt(input_shape=(None, None, 3))
+    kl.load_torch_weights(model, state)
+    assert np.abs(np.asarray(model(x)) - ref).max() <= 1e-5
+
+
+def test_keras_round_trip_is_identical(fixture_loader, tmp_path):
+    state, x, _ = fixture_loader("litenext_k3.npz")
+    model = kl.LiteNeXt(input_shape=x.shape[1:], kernel_size=3)
+    kl.load_torch_weights(model, state)
+    path = tmp_path / "litenext.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert restored.count_params() == 701_601
+    np.testing.assert_array_equal(np.asarray(restored.predict_on_batch(x)), np.asarray(model.predict_on_batch(x)))
+
+
+@pytest.mark.parametrize("shape,message", [
+    ((100, 96, 3), "multiples of 16.*height=100.*112x96"),
+    ((96, 40, 1), "multiples of 16.*width=40.*96x48"),
+    ((96, 96, None), "number of input channels"),
+    ((96, 96), "height, width, channels"),
+])
+def test_bad_input_shapes_name_the_rule(shape, message):
+    with pytest.raises(ValueError, match=message):
+        kl.LiteNeXt(input_shape=shape)
+
+
+@pytest.mark.parametrize("kwargs", [dict(depths=(1, 1, 1)), dict(depths=(1, 0, 1, 1)), dict(num_classes=0)])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        kl.LiteNeXt(input_shape=(32, 32, 3), **kwargs)
+
+
+def test_grey_multiclass_deeper_variant():
+    model = kl.LiteNeXt(input_shape=(None, None, 1), num_classes=3, width=8, depths=(2, 1, 1, 2))
+    out = model(np.random.default_rng(0).random((2, 48, 80, 1), dtype=np.float32))
+    assert out.shape == (2, 48, 80, 3)
+    # every weighted layer has a reference name, and block indices follow the reference layout
+    assert torch_key("stage1_block2_far_conv") == "stage1.1.conv"
+    assert torch_key("stage4_block2_mix_norm") == "stage4.2.ln2.layernorm"
+    assert all(torch_key(layer.name) for layer in model.layers if layer.weights)
+
+
+def test_output_is_logits_at_input_resolution():
+    model = kl.LiteNeXt(input_shape=(64, 96, 3))
+    assert model.output_shape == (None, 64, 96, 1)
+    assert model.get_layer("head").activation is keras.activations.linear
+
+
+def test_importer_names_bad_tensors(fixture_loader):
+    state, _, _ = fixture_loader("litenext_k3.npz")
+    model = kl.LiteNeXt(input_shape=(64, 96, 3))  # k=7 model, k=3 weights
+    with pytest.raises(ValueError, match=r"mis-shaped.*stage1\.0\.conv\.weight.*\(7, 7, 16, 1\).*\(3, 3, 16, 1\)"):
+        kl.load_torch_weights(model, state)
+    broken = dict(state)
+    del broken["head.bias"]
+    broken["extra.weight"] = np.zeros(3)
+    model = kl.LiteNeXt(input_shape=(64, 96, 3), kernel_size=3)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"missing tensors: head\.bias.*unexpected tensors: extra\.weight"):
+        kl.load_torch_weights(model, broken)
+    # nothing was assigned
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_macs_match_the_reference_count():
+    # 412.27 M (k=7) and 392.61 M (k=3): conv/linear MACs of the reference measured with forward hooks.
+    assert abs(kl.count_macs(kl.LiteNeXt()) / 412.27e6 - 1) < 0.01
+    assert abs(kl.count_macs(kl.LiteNeXt(input_shape=(None, None, 3), kernel_size=3), (256, 256, 3)) / 392.61e6 - 1) < 0.01
+    with pytest.raises(ValueError, match="input_shape"):
+        kl.count_macs(kl.LiteNeXt(input_shape=(None, None, 3)))
+
+
+def test_jax_backend_parity():
+    pytest.importorskip("jax")
+    code = textwrap.dedent(
+        """
+        import keras, numpy as np
+        assert keras.backend.backend() == "jax", keras.backend.backend()
+        import keras_litenext as kl
+        from conftest import load_fixture
+        state, x, ref = load_fixture("litenext_k7.npz")
+        model = kl.LiteNeXt(input_shape=x.shape[1:])
+        kl.load_torch_weights(model, state)
+        print("maxdiff", float(np.abs(np.asarray(model(x)) - ref).max()))
+        """
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    diff = float(result.stdout.split("maxdiff")[-1])
+    assert diff <= 1e-5
