@@ -23,12 +23,14 @@ setup(
         "keras>=3.13,<4",
         "numpy>=1.26",
         "opencv-python-headless>=4.8,<6",
+        "tensorboard>=2.20",  # TF 2.21 no longer pulls it; runs write TensorBoard logs
+        "matplotlib>=3.7",  # curves.png of a run
     ],
     extras_require={
         "litert": ["ai-edge-litert>=2.3,<3"],
         "jax": ["jax>=0.4.30"],
         "test": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30"],
-        "dev": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "ruff", "tensorboard", "matplotlib"],
+        "dev": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "ruff"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -1,4 +1,10 @@
-"""Model accounting: parameters and multiply-accumulates (MACs)."""
+"""Model accounting (multiply-accumulates) and atomic file writes."""
+
+import contextlib
+import json
+import math
+import os
+import tempfile
 
 import keras
 from keras import layers
@@ -58,3 +64,50 @@ def count_macs(model, input_shape=None, by_layer=False):
             per_layer[layer.name] = per_layer.get(layer.name, 0) + macs
     total = sum(per_layer.values())
     return (total, per_layer) if by_layer else total
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; move it onto `path` only if the block succeeds.
+
+    A crash or an exception leaves no file under the final name (and no temporary behind), so
+    an artifact is either complete or absent. The temporary keeps `path`'s extension, for
+    writers that dispatch on it (`model.save` wants `.keras`).
+
+    Example:
+    >>> with atomic_path("run/best.keras") as tmp:
+    ...     model.save(tmp)
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    stem, ext = os.path.splitext(name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _strict(obj):
+    """NaN/inf become `None`, numpy scalars and arrays become Python values: strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _strict(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path, obj):
+    """Write `obj` as indented, strict JSON (NaN -> null), atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(_strict(obj), f, indent=2, allow_nan=False)
+            f.write("\n")

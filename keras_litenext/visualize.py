@@ -1,0 +1,95 @@
+"""Pictures of a run: training curves and prediction overlays (PNG, written atomically)."""
+
+import csv
+import math
+
+import cv2
+import numpy as np
+
+from keras_litenext.utils import atomic_path
+
+GT_COLOR = (0, 255, 0)  # RGB: ground-truth outline, green
+PRED_COLOR = (255, 0, 80)  # RGB: predicted mask, red tint and outline
+
+
+def overlay(image, pred_mask, true_mask=None, alpha=0.35):
+    """An RGB uint8 picture of `image` with the predicted mask tinted red and outlined, and the
+    ground-truth outline in green when `true_mask` is given.
+
+    Args:
+        image: `(H, W)` or `(H, W, C)` array, uint8 or float in `[0, 1]`.
+        pred_mask, true_mask: `(H, W)` or `(H, W, 1)` arrays, non-zero = foreground.
+    """
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        img = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = img[..., None]
+    img = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3].copy()
+    pred = (np.squeeze(np.asarray(pred_mask)) > 0).astype(np.uint8)
+    tint = img.astype(np.float32)
+    tint[pred > 0] = (1 - alpha) * tint[pred > 0] + alpha * np.array(PRED_COLOR, np.float32)
+    out = np.ascontiguousarray(tint.astype(np.uint8))
+    contours, _ = cv2.findContours(pred, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, PRED_COLOR, 1)
+    if true_mask is not None:
+        gt = (np.squeeze(np.asarray(true_mask)) > 0).astype(np.uint8)
+        contours, _ = cv2.findContours(gt, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, GT_COLOR, 1)
+    return out
+
+
+def save_png(path, rgb):
+    """Write an RGB (H, W, 3) or grey (H, W) uint8 image as PNG, atomically."""
+    rgb = np.asarray(rgb)
+    ok, buf = cv2.imencode(".png", rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"Cannot encode a PNG for {path}.")
+    with atomic_path(path) as tmp:
+        buf.tofile(tmp)
+
+
+def save_grid(path, tiles, columns=4, pad=2):
+    """Save equally sized RGB tiles as one PNG grid."""
+    if not tiles:
+        return
+    h, w = tiles[0].shape[:2]
+    rows = math.ceil(len(tiles) / columns)
+    cols = min(columns, len(tiles))
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = tile
+    save_png(path, grid)
+
+
+def plot_history(csv_path, png_path):
+    """Plot every column of a Keras `CSVLogger` file against the epoch: losses on the left,
+    metrics on the right, training solid and validation dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    columns = [c for c in rows[0] if c not in ("epoch", "learning_rate", "lr")]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    for column in columns:
+        base = column[4:] if column.startswith("val_") else column
+        ax = ax_loss if "loss" in base else ax_metric
+        values = [float(r[column]) if r[column] not in ("", "nan") else math.nan for r in rows]
+        ax.plot(epochs, values, linestyle="--" if column.startswith("val_") else "-", label=column)
+    for ax, title in ((ax_loss, "loss"), (ax_metric, "metrics")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
