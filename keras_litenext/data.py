@@ -30,12 +30,13 @@ import json
 import math
 import os
 import random
-import tempfile
 import warnings
 
 import cv2
 import numpy as np
 import tensorflow as tf
+
+from keras_litenext.utils import write_json
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -565,20 +566,7 @@ def save_splits(path, splits, **meta):
         raise DatasetError(f"save_splits: meta keys {clash} collide with split names")
     content = {name: list(splits[name]) for name in SPLIT_NAMES}
     content.update(meta)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".splits-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=1, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json(path, content)
 
 
 def load_splits(path):

@@ -32,6 +32,8 @@ from keras_litenext.utils import atomic_path, write_json
 from keras_litenext.visualize import overlay, plot_history, save_grid
 
 SAMPLE_IMAGE_SIZE = 96
+SAMPLE_EPOCHS = 40  # the bundled sample trains in a few minutes on 2 CPU cores
+DEFAULT_EPOCHS = 60
 
 
 @dataclasses.dataclass
@@ -47,7 +49,7 @@ class TrainConfig:
     splits: str | None = None  # a JSON file with "train"/"val"/"test" stems
     split: tuple = (0.8, 0.1, 0.1)
     batch_size: int = 8
-    epochs: int = 60
+    epochs: int | None = None  # None: 40 for the bundled sample, else 60
     lr: float = 1e-3
     weight_decay: float = 1e-2
     schedule: str = "cosine"  # "cosine" or "plateau"
@@ -122,7 +124,9 @@ def _resolve(config):
     if config.data is None:
         config.data = data_lib.sample_data_dir()
         config.image_size = config.image_size or SAMPLE_IMAGE_SIZE
+        config.epochs = config.epochs or SAMPLE_EPOCHS
     config.image_size = config.image_size or 256
+    config.epochs = config.epochs or DEFAULT_EPOCHS
     if config.output is None:
         tag = os.path.basename(os.path.normpath(config.data))
         config.output = os.path.join("runs", f"{config.model}-{tag}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
@@ -131,16 +135,20 @@ def _resolve(config):
 
 def _prepare_run_folder(config):
     """Create the run folder, or reload a resumed run's settings from it."""
-    config_path = os.path.join(config.output, "config.json")
     if config.resume:
+        if not config.output:
+            raise ValueError("resume needs the run folder: pass --output <run folder>.")
+        config_path = os.path.join(config.output, "config.json")
         if not os.path.exists(config_path):
             raise FileNotFoundError(f"Cannot resume: {config_path} does not exist (is --output the run folder?).")
         with open(config_path) as f:
             saved = TrainConfig.from_dict(json.load(f))
         saved.resume, saved.output, saved.verbose = True, config.output, config.verbose
-        if config.epochs != saved.epochs:  # the one setting a resumed run may change
+        if config.epochs:  # the one setting a resumed run may change
             saved.epochs = config.epochs
         return saved
+    config = _resolve(config)
+    config_path = os.path.join(config.output, "config.json")
     if os.path.exists(config.output) and os.listdir(config.output):
         raise FileExistsError(f"Run folder {config.output} is not empty: pass --resume to continue it, or another --output.")
     os.makedirs(config.output, exist_ok=True)
@@ -220,7 +228,7 @@ def train(config, strategy=None):
         data.DatasetError: a problem with the dataset, found before training starts.
         NonFiniteLossError: the loss became NaN/inf; the run folder keeps the last good state.
     """
-    config = _prepare_run_folder(_resolve(config))
+    config = _prepare_run_folder(config)
     keras.utils.set_random_seed(config.seed)
     gpus, auto_strategy = _devices()
     strategy = strategy or auto_strategy

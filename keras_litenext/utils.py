@@ -109,5 +109,7 @@ def write_json(path, obj):
     """Write `obj` as indented, strict JSON (NaN -> null), atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_strict(obj), f, indent=2, allow_nan=False)
+            json.dump(_strict(obj), f, indent=2, allow_nan=False, default=str)
             f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())

@@ -45,12 +45,18 @@ def read_history(run):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("data"))
+    return make_dataset(tmp_path_factory.mktemp("data"), n=16)
 
 
-def test_fit_writes_a_complete_run_and_lowers_the_loss(dataset, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained_run(dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
     summary = train(TrainConfig(data=str(dataset), output=str(run), epochs=4, lr=3e-3, **TINY))
+    return run, summary
+
+
+def test_fit_writes_a_complete_run_and_lowers_the_loss(dataset, trained_run):
+    run, summary = trained_run
     for name in ("config.json", "splits.json", "best.keras", "history.csv", "metrics.json", "curves.png", "test_overlays.png"):
         assert (run / name).exists(), name
     assert os.listdir(run / "logs"), "TensorBoard logs"
@@ -59,7 +65,7 @@ def test_fit_writes_a_complete_run_and_lowers_the_loss(dataset, tmp_path):
     assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3]
     assert float(history[-1]["loss"]) < float(history[0]["loss"])
     splits = json.loads((run / "splits.json").read_text())
-    assert sorted(splits["train"] + splits["val"] + splits["test"]) == [f"img{i:03d}" for i in range(20)]
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == [f"img{i:03d}" for i in range(16)]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["images"] == len(splits["test"]) and 0 <= metrics["dice"]["mean"] <= 1
     assert summary["dice"]["mean"] == metrics["dice"]["mean"]
@@ -193,7 +199,7 @@ def test_training_on_the_jax_backend(dataset, tmp_path):
         import keras
         assert keras.backend.backend() == "jax"
         from keras_litenext.training import TrainConfig, train
-        s = train(TrainConfig(data={str(dataset)!r}, output={str(tmp_path / 'run')!r}, epochs=2, serp=True,
+        s = train(TrainConfig(data={str(dataset)!r}, output={str(tmp_path / 'run')!r}, epochs=1,
                               model_kwargs={{"width": 8}}, image_size=32, batch_size=4, verbose=0))
         print("dice", s["dice"]["mean"])
     """, backend="jax")
@@ -213,11 +219,10 @@ def test_cli_reports_bad_data_in_one_line(tmp_path, capsys):
     assert "Traceback" not in "\n".join(err)
 
 
-def test_evaluate_and_predict_clis(dataset, tmp_path):
+def test_evaluate_and_predict_clis(trained_run, tmp_path):
     from importlib.machinery import SourceFileLoader
 
-    run = tmp_path / "run"
-    train(TrainConfig(data=str(dataset), output=str(run), epochs=1, **TINY))
+    run, _ = trained_run
     evaluate = SourceFileLoader("evaluate", os.path.join(ROOT, "training", "evaluate.py")).load_module()
     assert evaluate.main([str(run), "--json", str(tmp_path / "eval.json")]) == 0
     ours = json.loads((tmp_path / "eval.json").read_text())

@@ -10,9 +10,12 @@ size, as in training. Images whose ground truth is empty are left out of the mea
 LiteNeXt authors' evaluation; the counts are printed.
 """
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the output
+
 import argparse
 import json
-import os
 import sys
 
 from keras_litenext import data as data_lib

@@ -13,6 +13,10 @@ history.csv, TensorBoard logs/, curves.png, metrics.json (test split), test_over
 splits.json and config.json.
 """
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the output
+
 import argparse
 import json
 import sys
@@ -48,7 +52,7 @@ def parser():
     g.add_argument("--serp", action="store_true", help="add Self-embedding Representation Parallel training (a reconstruction; training only)")
     g.add_argument("--serp-weight", type=float, default=d.serp_weight, help="weight of the SeRP loss (default: %(default)s)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
+    g.add_argument("--epochs", type=int, help="(default: 40 for the bundled sample, else 60)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")

@@ -9,8 +9,11 @@ size is handled: resize (default), pad (whole image at its own resolution) or ti
 (overlapping windows at the training size); see README, "Inference on images of any size".
 """
 
-import argparse
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the output
+
+import argparse
 import sys
 
 import numpy as np
