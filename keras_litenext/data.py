@@ -375,6 +375,8 @@ def _load_pair(pair, h, w, channels, mask_threshold, binary_check):
         )
     if problems:
         return None, None, problems
+    if h is None:  # native size
+        return image, mask[..., None], []
     image = _resize_image(image, h, w)
     if mask.shape[:2] != (h, w):
         mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
@@ -402,7 +404,8 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
 
     Args:
         pairs: list of `Pair` (from `find_pairs`).
-        image_size: int or ``(height, width)``.
+        image_size: int or ``(height, width)``; None keeps every pair at its own size (then
+            lists of arrays are returned instead of stacked arrays).
         channels: 3 (RGB) or 1 (grey).
         mask_threshold: foreground is ``mask > mask_threshold``; 0 means any non-zero value,
             127 suits JPEG masks with compression artefacts.
@@ -422,15 +425,18 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
             ``skip_bad``, when it is raised only if no pair is usable). Also for bad arguments.
     """
     pairs = list(pairs)
-    h, w = _size_hw(image_size)
+    h, w = (None, None) if image_size is None else _size_hw(image_size)
     if channels not in (1, 3):
         raise DatasetError(f"channels must be 1 or 3, got {channels!r}")
     if not pairs:
         raise DatasetError("load_pairs got no pairs to load")
     root = os.path.dirname(os.path.dirname(pairs[0].image)) or "."
 
-    images = np.empty((len(pairs), h, w, channels), np.uint8)
-    masks = np.empty((len(pairs), h, w, 1), np.uint8)
+    if h is None:
+        images, masks = [None] * len(pairs), [None] * len(pairs)
+    else:
+        images = np.empty((len(pairs), h, w, channels), np.uint8)
+        masks = np.empty((len(pairs), h, w, 1), np.uint8)
     kept, problems = [], []
 
     def work(pair):

@@ -18,6 +18,7 @@ import cv2
 import keras
 import numpy as np
 
+from keras_litenext.metrics import METRICS, per_image_scores, summarize
 from keras_litenext.models.litenext import STRIDE
 
 MODES = ("resize", "pad", "tile")
@@ -101,3 +102,24 @@ def _starts(size, window):
     if starts[-1] != size - window:
         starts.append(size - window)
     return starts
+
+
+def evaluate_native(model, images, masks, mode="resize"):
+    """Per-image metrics at each image's own resolution, predicting with `predict_image`.
+
+    Args:
+        model: a trained model (fixed input size).
+        images, masks: lists of uint8 arrays `(H_i, W_i, C)` and `(H_i, W_i, 1)` (from
+            `data.load_pairs(pairs, image_size=None)`).
+        mode: `"resize"`, `"pad"` or `"tile"`.
+
+    Returns:
+        the dict of `metrics.summarize`, plus `"per_image"` lists.
+    """
+    dynamic = size_agnostic(model) if mode == "pad" else None
+    scores = {name: [] for name in METRICS}
+    for image, mask in zip(images, masks):
+        logits = predict_image(model, image.astype(np.float32) / 255.0, mode=mode, dynamic_model=dynamic)
+        for name, value in per_image_scores(mask[None], logits[None, ..., :1]).items():
+            scores[name].append(float(value[0]))
+    return {**summarize(scores), "per_image": scores}

@@ -227,6 +227,11 @@ def test_evaluate_and_predict_clis(trained_run, tmp_path):
     assert evaluate.main([str(run), "--json", str(tmp_path / "eval.json")]) == 0
     ours = json.loads((tmp_path / "eval.json").read_text())
     assert ours["dice"]["mean"] == pytest.approx(json.loads((run / "metrics.json").read_text())["dice"]["mean"], abs=1e-6)
+    # at native resolution: the 32x32 images are the training size, so every mode scores alike
+    for mode in ("resize", "pad", "tile"):
+        assert evaluate.main([str(run), "--mode", mode, "--json", str(tmp_path / f"{mode}.json")]) == 0
+        native = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert native["mode"] == mode and native["dice"]["mean"] == pytest.approx(ours["dice"]["mean"], abs=1e-6)
     predict = SourceFileLoader("predict", os.path.join(ROOT, "training", "predict.py")).load_module()
     big = tmp_path / "big"
     big.mkdir()

@@ -5,8 +5,10 @@
     python training/evaluate.py model.keras --data path/to/dataset --split all
 
 A run folder brings its dataset, image size and splits.json; a bare .keras file needs --data
-(and evaluates every pair unless --splits is given). Images are resized to the model's input
-size, as in training. Images whose ground truth is empty are left out of the means, as in the
+(and evaluates every pair unless --splits is given). By default images and masks are resized to
+the model's input size, as in training; with --mode, metrics are computed at each image's own
+resolution, predicting with that mode (resize, pad or tile; see training/predict.py). Images
+whose ground truth is empty are left out of the means, as in the
 LiteNeXt authors' evaluation; the counts are printed.
 """
 
@@ -19,7 +21,7 @@ import json
 import sys
 
 from keras_litenext import data as data_lib
-from keras_litenext.inference import load_run
+from keras_litenext.inference import MODES, evaluate_native, load_run
 from keras_litenext.metrics import evaluate_model
 from keras_litenext.utils import write_json
 
@@ -33,6 +35,7 @@ def main(argv=None):
     p.add_argument("--masks-suffix", help="default: the run's, else none")
     p.add_argument("--mask-threshold", type=int, help="default: the run's, else 0")
     p.add_argument("--skip-bad", action="store_true", help="skip unusable pairs with a warning")
+    p.add_argument("--mode", choices=MODES, help="evaluate at native resolution, predicting with this mode")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     try:
@@ -50,12 +53,16 @@ def main(argv=None):
                 raise ValueError(f"--split {split} needs --splits (a .keras file has no splits.json).")
             wanted = set(data_lib.load_splits(splits_file)[split])
             pairs = [pair for pair in pairs if pair.stem in wanted]
-        images, masks, stems, _ = data_lib.load_pairs(pairs, (h, w), channels=channels, mask_threshold=threshold, skip_bad=args.skip_bad)
-        results = evaluate_model(model, (images.astype("float32") / 255.0, masks.astype("float32")))
+        size = None if args.mode else (h, w)
+        images, masks, stems, _ = data_lib.load_pairs(pairs, size, channels=channels, mask_threshold=threshold, skip_bad=args.skip_bad)
+        if args.mode:
+            results = evaluate_native(model, images, masks, mode=args.mode)
+        else:
+            results = evaluate_model(model, (images.astype("float32") / 255.0, masks.astype("float32")))
     except (data_lib.DatasetError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    results = {"model": args.model, "data": os.path.abspath(data_dir), "split": split, **results}
+    results = {"model": args.model, "data": os.path.abspath(data_dir), "split": split, "mode": args.mode or "model size", **results}
     for name in ("dice", "iou", "precision", "recall"):
         print(f"{name:>9}: {results[name]['mean']:.4f} ± {results[name]['std']:.4f}")
     print(f"{results['counted']} of {results['images']} images counted (empty ground truth left out)")
