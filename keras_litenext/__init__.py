@@ -4,10 +4,22 @@
 >>> model = LiteNeXt()          # 711,201 parameters, logits at the input resolution
 """
 
-from keras_litenext import layers
+# Importing the modules registers their layers, losses and metrics with Keras, so that any saved
+# `.keras` file of the package loads after `import keras_litenext`.
+from keras_litenext import layers, losses, metrics
 from keras_litenext.models import LiteNeXt, create_model, list_models
 from keras_litenext.utils import count_macs
 from keras_litenext.version import __version__
 from keras_litenext.weights import load_torch_weights
 
-__all__ = ["LiteNeXt", "count_macs", "create_model", "layers", "list_models", "load_torch_weights", "__version__"]
+__all__ = [
+    "LiteNeXt",
+    "count_macs",
+    "create_model",
+    "layers",
+    "list_models",
+    "load_torch_weights",
+    "losses",
+    "metrics",
+    "__version__",
+]

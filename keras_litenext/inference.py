@@ -26,17 +26,31 @@ MODES = ("resize", "pad", "tile")
 
 def load_run(path):
     """`(model, config_dict)` from a run folder (its `best.keras` and `config.json`) or a
-    `.keras` file (config `{}`)."""
+    `.keras` file (config `{}`).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the path, for a missing or unreadable model.
+    """
     if os.path.isdir(path):
         model_path = os.path.join(path, "best.keras")
         if not os.path.exists(model_path):
             raise FileNotFoundError(f"{path} has no best.keras: is it a finished run folder of training/fit.py?")
         config_path = os.path.join(path, "config.json")
         config = json.load(open(config_path)) if os.path.exists(config_path) else {}
-        return keras.saving.load_model(model_path), config
+        return _load(model_path), config
     if not str(path).endswith(".keras"):
         raise ValueError(f"{path}: expected a run folder or a .keras file.")
-    return keras.saving.load_model(path), {}
+    return _load(path), {}
+
+
+def _load(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist.")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as err:  # a corrupt or foreign file: one line, not a deep traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: cannot load the model ({type(err).__name__}: {first[:300]})") from None
 
 
 def size_agnostic(model):

@@ -14,6 +14,7 @@ A run folder holds everything a run produces, each file written atomically:
 `training/fit.py` is the command-line face of `TrainConfig` and `train`.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -26,7 +27,7 @@ import numpy as np
 
 from keras_litenext import data as data_lib
 from keras_litenext.losses import get_loss
-from keras_litenext.metrics import evaluate_model, get_metrics
+from keras_litenext.metrics import get_metrics, per_image_scores, summarize
 from keras_litenext.models import create_model
 from keras_litenext.utils import atomic_path, write_json
 from keras_litenext.visualize import overlay, plot_history, save_grid
@@ -246,9 +247,9 @@ def train(config, strategy=None):
           f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}"
           + (f"; skipped {len(report['skipped'])}" if report.get("skipped") else "") + ")")
     train_ds, val_ds = build_datasets(config, arrays)
-    steps = max(1, sizes["train"] // config.batch_size if sizes["train"] >= config.batch_size else 1)
+    steps = max(1, sizes["train"] // config.batch_size)
 
-    scope = strategy.scope() if strategy is not None else _null_scope()
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         model = create_model(config.model, input_shape=(config.image_size, config.image_size, config.channels), **config.model_kwargs)
         callbacks = []
@@ -316,19 +317,13 @@ def _best_so_far(history_csv):
     return max(values) if values else None
 
 
-class _null_scope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def finish_run(config, model, arrays, train_seconds=None):
     """Evaluate `model` on the test split; write `metrics.json`, `curves.png`, `test_overlays.png`."""
     out = config.output
     test_images, test_masks = arrays["test"]
-    results = evaluate_model(model, (test_images.astype("float32") / 255.0, test_masks.astype("float32")), batch_size=config.batch_size)
+    logits = np.asarray(model.predict(test_images.astype("float32") / 255.0, batch_size=config.batch_size, verbose=0))
+    scores = per_image_scores(test_masks, logits)
+    results = {**summarize(scores), "per_image": scores}
     summary = {
         "model": config.model,
         "params": int(model.count_params()),
@@ -336,7 +331,7 @@ def finish_run(config, model, arrays, train_seconds=None):
         "image_size": config.image_size,
         "split": "test",
         "train_seconds": None if train_seconds is None else round(train_seconds, 1),
-        **{k: v for k, v in results.items()},
+        **results,
     }
     write_json(os.path.join(out, "metrics.json"), summary)
     history = os.path.join(out, "history.csv")
@@ -344,7 +339,6 @@ def finish_run(config, model, arrays, train_seconds=None):
         plot_history(history, os.path.join(out, "curves.png"))
     n = min(16, len(test_images))
     if n:
-        logits = np.asarray(model.predict(test_images[:n].astype("float32") / 255.0, verbose=0))
         tiles = [overlay(test_images[i], logits[i] > 0, test_masks[i]) for i in range(n)]
         save_grid(os.path.join(out, "test_overlays.png"), tiles)
     dice = results["dice"]

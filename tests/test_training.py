@@ -71,6 +71,9 @@ def test_fit_writes_a_complete_run_and_lowers_the_loss(dataset, trained_run):
     assert summary["dice"]["mean"] == metrics["dice"]["mean"]
     model = keras.saving.load_model(run / "best.keras")
     assert model.count_params() == kl.LiteNeXt(input_shape=(32, 32, 3), width=8).count_params()
+    # a fresh process loads it after nothing but `import keras_litenext` (custom loss and metrics registered)
+    loaded = run_python(f"import keras, keras_litenext; print(keras.saving.load_model({str(run / 'best.keras')!r}).count_params())")
+    assert loaded.returncode == 0 and loaded.stdout.split()[-1] == str(model.count_params()), loaded.stderr[-2000:]
     # the run folder is not overwritten by accident
     with pytest.raises(FileExistsError, match="--resume"):
         train(TrainConfig(data=str(dataset), output=str(run), epochs=1, **TINY))
@@ -224,6 +227,8 @@ def test_evaluate_and_predict_clis(trained_run, tmp_path):
 
     run, _ = trained_run
     evaluate = SourceFileLoader("evaluate", os.path.join(ROOT, "training", "evaluate.py")).load_module()
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    assert evaluate.main([str(tmp_path / "broken.keras"), "--data", str(run)]) == 1
     assert evaluate.main([str(run), "--json", str(tmp_path / "eval.json")]) == 0
     ours = json.loads((tmp_path / "eval.json").read_text())
     assert ours["dice"]["mean"] == pytest.approx(json.loads((run / "metrics.json").read_text())["dice"]["mean"], abs=1e-6)

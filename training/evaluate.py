@@ -59,7 +59,7 @@ def main(argv=None):
             results = evaluate_native(model, images, masks, mode=args.mode)
         else:
             results = evaluate_model(model, (images.astype("float32") / 255.0, masks.astype("float32")))
-    except (data_lib.DatasetError, FileNotFoundError, ValueError) as err:
+    except (data_lib.DatasetError, FileNotFoundError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     results = {"model": args.model, "data": os.path.abspath(data_dir), "split": split, "mode": args.mode or "model size", **results}
