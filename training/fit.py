@@ -47,7 +47,7 @@ def parser():
     g = p.add_argument_group("model and loss")
     g.add_argument("--model", default=d.model, choices=list_models(), help="(default: %(default)s)")
     g.add_argument("--loss", default=d.loss, choices=LOSSES, help="mwl = Marginal Weight Loss (weighted BCE + Dice) (default: %(default)s)")
-    g.add_argument("--mwl-weights", type=floats, default=d.mwl_weights, metavar="M,O,B", help="MWL weights of margin, object, background (default: 5,3,1)")
+    g.add_argument("--mwl-weights", type=floats, default=d.mwl_weights, metavar="M,O,B", help="MWL weights of margin, object, background (default: %s)" % ",".join(f"{w:g}" for w in d.mwl_weights))
     g.add_argument("--mwl-kernel", type=int, default=d.mwl_kernel, help="MWL margin kernel size (default: %(default)s)")
     g.add_argument("--serp", action="store_true", help="add Self-embedding Representation Parallel training (a reconstruction; training only)")
     g.add_argument("--serp-weight", type=float, default=d.serp_weight, help="weight of the SeRP loss (default: %(default)s)")
