@@ -132,3 +132,28 @@ def test_jax_backend_parity():
     assert result.returncode == 0, result.stderr[-3000:]
     diff = float(result.stdout.split("maxdiff")[-1])
     assert diff <= 1e-5
+
+
+def test_init_is_pytorchs_and_keeps_gradients_finite_on_black_images():
+    # PyTorch's Conv2d/Linear init (uniform +-1/sqrt(fan_in), biases included). With Keras'
+    # zero biases an all-black patch gives equal channels, the channel LayerNorm sees zero
+    # variance and the gradient explodes (1.6e11 here), which turned 192x192 training NaN.
+    import tensorflow as tf
+
+    from keras_litenext.losses import get_loss
+
+    keras.utils.set_random_seed(0)
+    model = kl.LiteNeXt(input_shape=(64, 64, 3))
+    for name, fan_in in (("stem_conv", 2 * 2 * 3), ("stage1_block1_far_conv", 7 * 7), ("fusion_score", 2 * 128), ("head", 16)):
+        layer = model.get_layer(name)
+        bound = 1 / np.sqrt(fan_in)
+        kernel, bias = layer.get_weights()
+        assert bound * 0.8 < np.abs(kernel).max() <= bound, name
+        assert 0 < np.abs(bias).max() <= bound, name
+    x = np.zeros((2, 64, 64, 3), "float32")
+    x[:, 20:40, 20:40] = 0.8
+    y = (x[..., :1] > 0).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = get_loss("mwl")(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert max(float(np.abs(g).max()) for g in grads) < 1e3

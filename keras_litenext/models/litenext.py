@@ -16,6 +16,7 @@ from keras_litenext.layers import (
     LGEMixerBlock,
     MultiScaleAttentionFusion,
     ResidualBottleneck,
+    torch_init,
 )
 from keras_litenext.models.registry import register_model
 
@@ -120,7 +121,7 @@ def LiteNeXt(
     x = MultiScaleAttentionFusion(8 * width, scales=(1, 2, 4, 8, 8), name="fusion")([*features, bottleneck])
     x = ConvNormAct(width, 1, name="decoder")(x)
     x = layers.UpSampling2D(2, interpolation="bilinear", name="decoder_up")(x)
-    outputs = layers.Conv2D(num_classes, 1, name="head", dtype="float32")(x)
+    outputs = layers.Conv2D(num_classes, 1, name="head", dtype="float32", **torch_init(x.shape[-1]))(x)
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None:
         model.load_weights(weights)
