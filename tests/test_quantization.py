@@ -1,0 +1,229 @@
+"""Quantization-aware training: the rebuilt graph, weight and activation quantizers, calibration,
+BatchNorm folding, unsupported layers, saving, and a short fine-tuning run."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from keras_litenext import LiteNeXt
+from keras_litenext import quantization as Q
+from keras_litenext.data import make_dataset
+from keras_litenext.layers import ChannelLayerNorm, ScaleWeightedSum
+
+
+def run_eager(model, x):
+    """Model outputs without compiling a predict function (tracing costs more than it saves here)."""
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def randomize_norms(model, seed=0):
+    """Non-trivial gamma/beta (trained models have them; ones/zeros would be folded away)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, ChannelLayerNorm):
+            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype("float32"))
+            layer.beta.assign(rng.normal(0.0, 0.2, layer.beta.shape).astype("float32"))
+    return model
+
+
+def blob_images(n=16, size=32, seed=0):
+    """Smooth images with bright blobs, in [0, 1], and their masks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.empty((n, size, size, 3), np.float32)
+    masks = np.empty((n, size, size, 1), np.float32)
+    for i in range(n):
+        cy, cx = rng.integers(6, size - 6, 2)
+        r = rng.integers(3, 8)
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2).astype(np.float32)
+        images[i] = np.clip(0.15 + 0.6 * blob[..., None] * rng.uniform(0.7, 1.0, 3) + rng.normal(0, 0.05, (size, size, 3)), 0, 1)
+        masks[i, ..., 0] = blob
+    return images, masks
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    keras.utils.set_random_seed(0)
+    return randomize_norms(LiteNeXt(input_shape=(32, 32, 3), width=8))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return blob_images()[0]
+
+
+def test_quantize_model_rebuilds_the_graph_with_quantizers(tiny, images):
+    qat = Q.quantize_model(tiny)
+    kinds = {type(layer) for layer in qat.layers}
+    for cls in (Q.QuantConv2D, Q.QuantDepthwiseConv2D, Q.QuantDense, Q.QuantChannelLayerNorm, Q.QuantScaleWeightedSum, Q.FakeQuant):
+        assert cls in kinds, cls.__name__
+    assert not kinds & {layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, ChannelLayerNorm, ScaleWeightedSum}
+    names = {layer.name for layer in qat.layers}
+    assert {layer.name for layer in tiny.layers} <= names  # same names, plus <layer>_quant
+    assert qat.get_layer("image_quant").fixed_range == [0.0, 1.0]
+    assert qat.get_layer("fusion_softmax_quant").fixed_range == [0.0, 255.0 / 256.0]
+    assert "stage2_down_pool_quant" not in names  # max-pooling keeps its input's scale
+    assert Q.is_qat_model(qat) and not Q.is_qat_model(tiny)
+
+    # Quantizers off: the float model exactly (weights were copied).
+    Q.set_quant_mode(qat, "float")
+    np.testing.assert_allclose(run_eager(qat, images), run_eager(tiny, images), atol=1e-5)
+    Q.set_quant_mode(qat, "quantize")
+
+    assert Q.uncalibrated_quantizers(qat)
+    Q.calibrate(qat, images)
+    assert Q.uncalibrated_quantizers(qat) == []
+    # A concatenation's inputs share its output's range (int8 CONCATENATION has one scale).
+    ranges = Q.quantizer_ranges(qat)
+    tied = qat.get_layer("fusion_concat_quant").tied
+    assert tied == ["fusion_weighted_sum/sum4", "fusion_query_value_act_quant/range"]
+    assert {ranges[t] for t in tied} == {ranges["fusion_concat_quant/range"]}
+    keys = qat.get_layer("fusion_keys_quant").tied
+    assert len(keys) == 4 and {ranges[t] for t in keys} == {ranges["fusion_keys_quant/range"]}
+    quantized = run_eager(qat, images)
+    reference = run_eager(tiny, images)
+    # int8 everywhere: close to the float model, not equal to it.
+    assert 0 < np.mean(np.abs(quantized - reference)) < 0.1 * np.std(reference) + 1e-3
+
+
+def test_weights_are_on_the_int8_per_channel_grid():
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(0, 0.1, (3, 3, 4, 5)).astype("float32")
+    kernel[..., 2] *= 10  # channels with very different ranges
+    for fake_quant_op in (True, False):
+        q = keras.ops.convert_to_numpy(Q.quantize_weights(kernel, -1, fake_quant_op=fake_quant_op))
+        scale = np.abs(kernel).max(axis=(0, 1, 2)) / 127.0
+        steps = q / scale
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+        assert np.abs(np.round(steps)).max() == 127
+        np.testing.assert_allclose(np.abs(q).max(axis=(0, 1, 2)), np.abs(kernel).max(axis=(0, 1, 2)), rtol=1e-6)
+        assert np.abs(q - kernel).max() <= scale.max() / 2 + 1e-6
+
+
+def test_calibration_then_moving_average_ranges():
+    fq = Q.FakeQuant(decay=0.5)
+    x = np.linspace(-1.0, 3.0, 64, dtype="float32").reshape(1, 64)
+    fq(x)  # build
+    fq.quant_mode = "calibrate"
+    out = keras.ops.convert_to_numpy(fq(x))
+    np.testing.assert_array_equal(out, x)  # calibration does not quantize
+    fq(0.5 * x)
+    assert fq.range.value() == pytest.approx((-0.75, 2.25))  # default: mean of the batch extremes
+    fq.range.count.assign(0.0)
+    fq.calibration = "minmax"
+    fq(x), fq(0.5 * x)
+    assert fq.range.value() == pytest.approx((-1.0, 3.0))  # extremes: a narrower batch does not shrink it
+    fq.quant_mode = "quantize"
+    out = keras.ops.convert_to_numpy(fq(x))
+    step = 4.0 / 255
+    assert np.abs(out - x).max() <= step / 2 + 1e-6
+    assert len(np.unique(out)) <= 256
+    fq(2.0 * x, training=True)  # EMA: halfway to the batch's (-2, 6)
+    assert fq.range.value() == pytest.approx((-1.5, 4.5))
+    fq(2.0 * x, training=False)  # inference does not move it
+    assert fq.range.value() == pytest.approx((-1.5, 4.5))
+
+
+class Mystery(layers.Layer):
+    def call(self, x):
+        return x * 2.0
+
+
+def test_unsupported_layers_raise_a_clear_error():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    model = keras.Model(inputs, Mystery(name="mystery")(x))
+    with pytest.raises(Q.UnsupportedLayerError, match=r"'mystery' \(Mystery\).*passthrough=\('Mystery',\)"):
+        Q.quantize_model(model)
+    assert Q.quantize_model(model, passthrough=("Mystery",)).get_layer("mystery")
+
+    lam = keras.Model(inputs, layers.Lambda(lambda t: t + 1.0, name="shift")(x))
+    with pytest.raises(Q.UnsupportedLayerError, match="'shift'.*Lambda"):
+        Q.quantize_model(lam)
+
+    a = layers.Conv2D(4, 1, name="a")(inputs)
+    b = layers.Conv2D(4, 1, name="b")(inputs)
+    standalone = keras.Model(inputs, layers.BatchNormalization(name="bn_after_add")(layers.Add()([a, b])))
+    with pytest.raises(Q.UnsupportedLayerError, match="'bn_after_add'.*folded only when it directly follows"):
+        Q.quantize_model(standalone)
+
+
+def test_batchnorm_after_conv_is_folded():
+    rng = np.random.default_rng(2)
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(6, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.Activation("relu", name="relu")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = layers.BatchNormalization(name="bn2")(x)
+    model = keras.Model(inputs, layers.Conv2D(1, 1, name="head")(x))
+    for name in ("bn1", "bn2"):
+        bn = model.get_layer(name)
+        n = bn.gamma.shape[0]
+        bn.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n), rng.uniform(0.2, 3, n)])
+    x = rng.random((4, 16, 16, 3)).astype("float32")
+    folded = Q.fold_batch_norms(model)
+    assert not any(isinstance(layer, layers.BatchNormalization) for layer in folded.layers)
+    np.testing.assert_allclose(run_eager(folded, x), run_eager(model, x), atol=1e-4)
+    qat = Q.quantize_model(model)
+    assert not any(isinstance(layer, layers.BatchNormalization) for layer in qat.layers)
+    Q.set_quant_mode(qat, "float")
+    np.testing.assert_allclose(run_eager(qat, x), run_eager(model, x), atol=1e-4)
+
+
+def test_deployment_model_computes_the_same(tiny, images):
+    deploy = Q.deployment_model(tiny)
+    kinds = {type(layer) for layer in deploy.layers}
+    assert {Q.DeployChannelLayerNorm, Q.DeployScaleWeightedSum, Q.ConcatRepeatVector} <= kinds
+    np.testing.assert_allclose(run_eager(deploy, images), run_eager(tiny, images), atol=1e-5)
+
+
+def test_qat_model_saves_and_loads(tiny, images, tmp_path):
+    qat = Q.calibrate(Q.quantize_model(tiny), images[:8])
+    path = tmp_path / "qat.keras"
+    qat.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert Q.quantizer_ranges(loaded) == pytest.approx(Q.quantizer_ranges(qat))
+    np.testing.assert_allclose(run_eager(loaded, images), run_eager(qat, images), atol=1e-6)
+
+
+def test_qat_finetune_trains_from_calibrated_ranges():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = ChannelLayerNorm(name="norm")(x)
+    x = layers.Activation("gelu", name="act")(x)
+    model = keras.Model(inputs, layers.Conv2D(1, 1, name="head")(x))
+    images, masks = blob_images(n=12, size=16, seed=4)
+    to_uint8 = lambda a: (a * 255).round().astype(np.uint8)  # noqa: E731
+    train = make_dataset(to_uint8(images[:8]), masks[:8].astype(np.uint8), batch_size=4, shuffle=True, seed=0)
+    val = make_dataset(to_uint8(images[8:]), masks[8:].astype(np.uint8), batch_size=4)
+    qat = Q.qat_finetune(model, train, val, epochs=2, lr=1e-3, loss="bce_dice", calibration_steps=2, verbose=0)
+    assert Q.is_qat_model(qat) and Q.uncalibrated_quantizers(qat) == []
+    assert all(np.isfinite(v).all() for v in qat.qat_history["loss"])
+    assert qat.qat_best_epoch in (0, 1, 2)
+    assert np.isfinite(run_eager(qat, images)).all()
+
+
+def test_rsqrt_range_end_is_chosen_by_validation_dice(tiny):
+    # Flat black pixels push 1/sqrt(variance) up (towards 1/sqrt(epsilon) as the variance nears 0): a
+    # quantile as the range end leaves the typical values more int8 steps than the max does.
+    images, masks = blob_images(n=8)
+    images[:, :, :16] = 0.0  # half of every image flat black
+    masks[:, :, :16] = 0.0
+    qat = Q.quantize_model(tiny)
+    scores = Q.choose_rsqrt_quantile(qat, images, images, masks, candidates=(None, 0.3), steps=1)
+    assert set(scores) == {None, 0.3} and all(0.0 <= v <= 1.0 or np.isnan(v) for v in scores.values())
+    best = max(scores, key=scores.get)
+    norms = [layer for layer in qat.layers if isinstance(layer, Q.QuantChannelLayerNorm)]
+    assert all(layer.rsqrt_quantile == best for layer in norms)
+    assert norms[0].get_config()["rsqrt_quantile"] == best
+
+    tops = {}
+    for candidate in (None, 0.3):
+        for layer in norms:
+            layer.rsqrt_quantile = candidate
+        Q.calibrate(qat, images, steps=1)
+        tops[candidate] = qat.get_layer("stem_norm").ranges()["rsqrt"][1]
+    assert tops[0.3] < 0.8 * tops[None]
