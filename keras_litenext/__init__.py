@@ -6,7 +6,7 @@
 
 # Importing the modules registers their layers, losses and metrics with Keras, so that any saved
 # `.keras` file of the package loads after `import keras_litenext`.
-from keras_litenext import layers, losses, metrics
+from keras_litenext import layers, losses, metrics, quantization
 from keras_litenext.models import LiteNeXt, create_model, list_models
 from keras_litenext.utils import count_macs
 from keras_litenext.version import __version__
@@ -21,5 +21,6 @@ __all__ = [
     "load_torch_weights",
     "losses",
     "metrics",
+    "quantization",
     "__version__",
 ]

@@ -1,6 +1,9 @@
 """Quantization-aware training: the rebuilt graph, weight and activation quantizers, calibration,
 BatchNorm folding, unsupported layers, saving, and a short fine-tuning run."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -186,6 +189,10 @@ def test_qat_model_saves_and_loads(tiny, images, tmp_path):
     loaded = keras.saving.load_model(path, compile=False)
     assert Q.quantizer_ranges(loaded) == pytest.approx(Q.quantizer_ranges(qat))
     np.testing.assert_allclose(run_eager(loaded, images), run_eager(qat, images), atol=1e-6)
+    # A fresh process needs only `import keras_litenext` to load it (as convert.py's _qat.keras).
+    code = f"import keras, keras_litenext; keras.saving.load_model({str(path)!r}, compile=False)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_qat_finetune_trains_from_calibrated_ranges():
