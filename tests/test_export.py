@@ -5,8 +5,8 @@ types, inspection and atomic writes."""
 import importlib.util
 import json
 import os
+import shutil
 
-import cv2
 import keras
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from keras_litenext import LiteNeXt
 from keras_litenext import export as E
 from keras_litenext import quantization as Q
-from keras_litenext.data import save_splits, split_stems
+from keras_litenext.data import sample_data_dir, save_splits, split_stems
 from keras_litenext.layers import ChannelLayerNorm
 from keras_litenext.training import TrainConfig
 from keras_litenext.utils import write_json
@@ -34,26 +34,22 @@ def load_cli(name):
     return module
 
 
-def make_dataset(folder, n=24, size=32, seed=0):
-    """Bright discs on a noisy dark background; the mask is the discs."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder / "images", exist_ok=True)
-    os.makedirs(folder / "masks", exist_ok=True)
-    for i in range(n):
-        mask = np.zeros((size, size), np.uint8)
-        for _ in range(rng.integers(1, 4)):
-            c = rng.integers(6, size - 6, 2)
-            cv2.circle(mask, (int(c[0]), int(c[1])), int(rng.integers(3, 7)), 255, -1)
-        image = rng.normal(40, 10, (size, size, 3)) + (mask[..., None] > 0) * 150
-        cv2.imwrite(str(folder / "images" / f"img{i:03d}.png"), np.clip(image, 0, 255).astype(np.uint8))
-        cv2.imwrite(str(folder / "masks" / f"img{i:03d}.png"), mask)
+def make_dataset(folder, n=24):
+    """The first `n` real DSB 2018 pairs of the bundled sample (96x96 nuclei), renamed img000..."""
+    source = sample_data_dir()
+    stems = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(source, "images")))[:n]
+    for sub in ("images", "masks"):
+        os.makedirs(folder / sub, exist_ok=True)
+        for i, stem in enumerate(stems):
+            shutil.copy(os.path.join(source, sub, f"{stem}.png"), folder / sub / f"img{i:03d}.png")
     return folder
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A run folder as training.train leaves it (best.keras, config.json, splits.json), with an
-    untrained tiny LiteNeXt whose norms have non-trivial gamma/beta (fast: no training)."""
+    """A run folder as training.train leaves it (best.keras, config.json, splits.json) on 24 real
+    images, with an untrained tiny LiteNeXt whose norms have non-trivial gamma/beta (fast: no
+    training)."""
     root = tmp_path_factory.mktemp("export")
     data = make_dataset(root / "data")
     out = root / "run"
@@ -165,11 +161,11 @@ def test_qat_simulation_matches_the_int8_file(converted, arrays):
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MUL", "ADD", "GELU", "RSQRT", "RESIZE_BILINEAR"} <= set(mismatch)
 
     # End to end, the one-step differences add up through ~340 int8 ops and 24 layer norms.
-    # Measured here (untrained tiny model, 24 images): median 3 steps, 92 % of logits within 8
-    # steps, 99.95 % within 16, masks 100 % equal (XNNPACK); builtin kernels 3 / 87 % / 98.7 % /
-    # 100 %. On the trained 96x96 DSB model: 94.6 % within 2 steps and 99.97 % within 8
-    # (XNNPACK), masks 99.9 % equal; XNNPACK and the builtin kernels agree with each other only
-    # 79 % within 2 steps there.
+    # Measured here (real DSB 2018 images at 32x32, an untrained tiny model with random norms,
+    # which amplifies differences more than a trained one): median 3 steps, 83 % of logits
+    # within 8 steps, 97.4 % within 16, masks 100 % equal (XNNPACK); builtin kernels 4 / 78 % /
+    # 96.4 % / 100 %. On the trained dsb2018_96 (192x192) and bbbc039 models: 92 % and 96 %
+    # within 2 steps, 99.99 % within 8, masks 99.9 % equal (XNNPACK; tflite/README.md).
     x = np.concatenate([arrays[k][0] for k in ("train", "val", "test")]).astype(np.float32) / 255.0
     simulated = run_eager(qat, x)
     scale = info["output"]["scale"]
@@ -178,7 +174,7 @@ def test_qat_simulation_matches_the_int8_file(converted, arrays):
         tflite = E.run_tflite(data, x, xnnpack=xnnpack)
         steps = np.abs(tflite - simulated) / scale
         measured[xnnpack] = (np.median(steps), np.mean(steps <= 8), np.mean(steps <= 16), np.mean((tflite > 0) == (simulated > 0)))
-    for xnnpack, median, within8, within16, masks in ((True, 4, 0.85, 0.99, 0.97), (False, 5, 0.75, 0.97, 0.97)):
+    for xnnpack, median, within8, within16, masks in ((True, 4, 0.78, 0.95, 0.97), (False, 5, 0.72, 0.94, 0.97)):
         m = measured[xnnpack]
         assert m[0] <= median + 1e-3 and m[1] >= within8 and m[2] >= within16 and m[3] >= masks, (xnnpack, m)
 
