@@ -187,7 +187,9 @@ def test_qat_model_saves_and_loads(tiny, images, tmp_path):
     path = tmp_path / "qat.keras"
     qat.save(path)
     loaded = keras.saving.load_model(path, compile=False)
-    assert Q.quantizer_ranges(loaded) == pytest.approx(Q.quantizer_ranges(qat))
+    ranges, expected = Q.quantizer_ranges(loaded), Q.quantizer_ranges(qat)
+    assert ranges.keys() == expected.keys()
+    np.testing.assert_allclose([ranges[k] for k in sorted(ranges)], [expected[k] for k in sorted(ranges)], rtol=1e-6)
     np.testing.assert_allclose(run_eager(loaded, images), run_eager(qat, images), atol=1e-6)
     # A fresh process needs only `import keras_litenext` to load it (as convert.py's _qat.keras).
     code = f"import keras, keras_litenext; keras.saving.load_model({str(path)!r}, compile=False)"
