@@ -224,6 +224,9 @@ class _QuantLayerMixin:
         """`{name: (min, max)}` of every activation range of the layer."""
         return {name: r.value() for name, r in self._ranges.items()}
 
+    def get_config(self):
+        return {**super().get_config(), "decay": self.decay}
+
 
 # ----------------------------------------------------------------------------------------------
 # Layers
@@ -264,21 +267,21 @@ class FakeQuant(_QuantLayerMixin, layers.Layer):
         return input_shape
 
     def get_config(self):
-        config = super().get_config()
-        config.update({"fixed_range": self.fixed_range, "decay": self.decay, "tied": self.tied})
-        return config
+        return {**super().get_config(), "fixed_range": self.fixed_range, "tied": self.tied}
 
 
 class _QuantKernelMixin(_QuantLayerMixin):
     """Fake-quantized kernel; a non-fusable activation gets its own pre-activation range."""
 
-    def _init_kernel_quant(self, decay):
+    def __init__(self, *args, decay=0.99, **kwargs):
+        super().__init__(*args, **kwargs)
         self._init_quant(decay)
         name = keras.activations.serialize(self.activation) if self.activation is not None else "linear"
         name = name if isinstance(name, str) else str(name.get("config", name))
         self._split_activation = name not in FUSED_ACTIVATIONS
 
-    def _build_ranges(self):
+    def build(self, input_shape):
+        super().build(input_shape)
         if self._split_activation:
             self.pre_activation = self._add_range("pre_activation")
 
@@ -294,20 +297,9 @@ class _QuantKernelMixin(_QuantLayerMixin):
 class QuantConv2D(_QuantKernelMixin, layers.Conv2D):
     """`Conv2D` whose kernel is fake-quantized per output channel (int8, symmetric) in `call`."""
 
-    def __init__(self, *args, decay=0.99, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_kernel_quant(decay)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
-
     def call(self, inputs, training=None):
         kernel = self.kernel if self.quant_mode != "quantize" else quantize_weights(self.kernel, -1)
         return self._finish(self.convolution_op(inputs, kernel), training)
-
-    def get_config(self):
-        return {**super().get_config(), "decay": self.decay}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -317,14 +309,6 @@ class QuantDepthwiseConv2D(_QuantKernelMixin, layers.DepthwiseConv2D):
     TFLite stores a depthwise kernel `(kh, kw, C, M)` as `(1, kh, kw, C * M)` with one scale per
     output channel `c * M + m`; the kernel is reshaped the same way to be quantized.
     """
-
-    def __init__(self, *args, decay=0.99, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_kernel_quant(decay)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
 
     def call(self, inputs, training=None):
         kernel = self.kernel
@@ -336,28 +320,14 @@ class QuantDepthwiseConv2D(_QuantKernelMixin, layers.DepthwiseConv2D):
         )
         return self._finish(outputs, training)
 
-    def get_config(self):
-        return {**super().get_config(), "decay": self.decay}
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class QuantDense(_QuantKernelMixin, layers.Dense):
     """`Dense` with a per-output-unit fake-quantized kernel (TFLite FULLY_CONNECTED, per channel)."""
 
-    def __init__(self, *args, decay=0.99, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_kernel_quant(decay)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_ranges()
-
     def call(self, inputs, training=None):
         kernel = self.kernel if self.quant_mode != "quantize" else quantize_weights(self.kernel, -1, fake_quant_op=False)
         return self._finish(ops.matmul(inputs, kernel), training)
-
-    def get_config(self):
-        return {**super().get_config(), "decay": self.decay}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -409,7 +379,7 @@ class QuantChannelLayerNorm(_QuantLayerMixin, ChannelLayerNorm):
         # epsilon on the variance's grid: an int8 ADD of two same-scale tensors, which XNNPACK runs
         epsilon = self.q_variance(ops.convert_to_tensor(self.epsilon, "float32"), t, observe=False) if quantize else self.epsilon
         variance = self.q_variance_eps(ops.add(variance, epsilon), t)
-        inv = ops.rsqrt(variance)  # a variance of 0 gives inf, which the int8 RSQRT clamps to its range
+        inv = self._inverse_sqrt(variance)  # a variance of 0 gives inf, which the int8 RSQRT clamps to its range
         if t:  # keep the moving-average range finite: the float norm never exceeds 1/sqrt(epsilon)
             inv = ops.minimum(inv, 1.0 / math.sqrt(self.epsilon))
         normed = self.q_normed(ops.multiply(centered, self.q_rsqrt(inv, t)), t)
@@ -425,6 +395,10 @@ class QuantChannelLayerNorm(_QuantLayerMixin, ChannelLayerNorm):
             reference = self._float_norm(x)
             outputs = reference + ops.stop_gradient(outputs - reference)
         return ops.cast(self.q_output(outputs, t), inputs.dtype)
+
+    @staticmethod
+    def _inverse_sqrt(variance):
+        return ops.rsqrt(variance)
 
     def _float_norm(self, x):
         mean = ops.mean(x, axis=-1, keepdims=True)
@@ -445,7 +419,7 @@ class QuantChannelLayerNorm(_QuantLayerMixin, ChannelLayerNorm):
         return ops.conv(x, ops.full((1, 1, c, 1), 1.0 / c, dtype="float32"))
 
     def get_config(self):
-        return {**super().get_config(), "decay": self.decay, "rsqrt_quantile": self.rsqrt_quantile}
+        return {**super().get_config(), "rsqrt_quantile": self.rsqrt_quantile}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -469,9 +443,6 @@ class QuantScaleWeightedSum(_QuantLayerMixin, ScaleWeightedSum):
             term = self.q_products[i](ops.multiply(value, ops.expand_dims(w, 1)), t)
             fused = term if fused is None else self.q_sums[i - 1](ops.add(fused, term), t)
         return fused
-
-    def get_config(self):
-        return {**super().get_config(), "decay": self.decay}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -998,15 +969,21 @@ def calibrate(model, data, steps=None, batch_size=8, statistic="mean"):
 RSQRT_QUANTILES = (None, 0.99, 0.9, 0.5)
 
 
-def choose_rsqrt_quantile(model, calibration_data, images, masks, candidates=RSQRT_QUANTILES, steps=8, batch_size=8):
+def choose_rsqrt_quantile(model, calibration_data, images, masks, candidates=RSQRT_QUANTILES, steps=8, batch_size=8,
+                          calibrate_best=True):
     """Calibrate with each candidate `rsqrt_quantile` of the layer norms (None: the max) and
     keep the one with the best simulated Dice on `images`/`masks` (validation data).
 
     Which range end is best depends on the images: on BBBC039 (mostly black background) the
     median gave a simulated Dice 4 points above the max, on DSB 2018 the max was best.
 
+    Args:
+        calibrate_best: calibrate once more with the best candidate (False when the caller
+            calibrates next anyway, as `qat_finetune` does).
+
     Returns:
-        `{candidate: dice}`; the model is left calibrated with the best candidate.
+        `{candidate: dice}`; the norms keep the best candidate (and, with `calibrate_best`,
+        the model is calibrated with it).
     """
     from keras_litenext.metrics import per_image_scores
 
@@ -1021,7 +998,8 @@ def choose_rsqrt_quantile(model, calibration_data, images, masks, candidates=RSQ
     best = max(scores, key=lambda c: scores[c])
     for layer in norms:
         layer.rsqrt_quantile = None if best is None else float(best)
-    calibrate(model, calibration_data, steps=steps, batch_size=batch_size)
+    if calibrate_best:
+        calibrate(model, calibration_data, steps=steps, batch_size=batch_size)
     return scores
 
 
@@ -1150,7 +1128,7 @@ def finetune_run(model, config, arrays, epochs=3, lr=1e-5, verbose="auto", calib
     qat = quantize_model(model)
     scores = None
     if len(arrays.get("val", ((), ()))[0]):
-        scores = choose_rsqrt_quantile(qat, calibration, *arrays["val"], steps=min(8, calibration_steps))
+        scores = choose_rsqrt_quantile(qat, calibration, *arrays["val"], steps=min(8, calibration_steps), calibrate_best=False)
     qat = qat_finetune(
         qat, train_ds, val_ds, epochs=epochs, lr=lr, loss=get_loss(config.loss, **loss_kwargs),
         weight_decay=config.weight_decay, calibration_data=calibration, calibration_steps=calibration_steps,
