@@ -13,6 +13,7 @@ import pytest
 
 from keras_litenext import LiteNeXt
 from keras_litenext import export as E
+from keras_litenext import tflite as T
 from keras_litenext import quantization as Q
 from keras_litenext.data import sample_data_dir, save_splits, split_stems
 from keras_litenext.layers import ChannelLayerNorm
@@ -119,32 +120,32 @@ def test_convert_cli_writes_files_report_and_contracts(converted, capsys):
 def test_int8_files_have_no_float_ops(converted):
     _, out = converted
     for kind in ("int8", "int8_ptq"):
-        info = E.inspect_tflite(out / f"litenext_{kind}.tflite")
+        info = T.inspect_tflite(out / f"litenext_{kind}.tflite")
         assert info["float_ops"] == {} and info["float_tensors"] == 0, kind
         assert info["boundary_ops"].get("DEQUANTIZE", 0) == 0
         assert info["dynamic_shape_ops"] == {}
         assert not {"STRIDED_SLICE", "TILE", "SQUARED_DIFFERENCE", "GATHER", "SHAPE"} & set(info["op_counts"]), kind
         assert info["input"]["dtype"] == info["output"]["dtype"] == "int8"
-    fp32 = E.inspect_tflite(out / "litenext_fp32.tflite")
+    fp32 = T.inspect_tflite(out / "litenext_fp32.tflite")
     assert sum(fp32["float_ops"].values()) == sum(fp32["op_counts"].values())
-    assert E.xnnpack_partitions(out / "litenext_fp32.tflite")["partitions"] == 1
+    assert T.xnnpack_partitions(out / "litenext_fp32.tflite")["partitions"] == 1
 
 
 def test_fp32_file_matches_keras(converted, run, arrays):
     _, out = converted
     model = keras.saving.load_model(run / "best.keras", compile=False)
     x = arrays["test"][0].astype(np.float32) / 255.0
-    np.testing.assert_allclose(E.run_tflite(out / "litenext_fp32.tflite", x), run_eager(model, x), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(T.run_tflite(out / "litenext_fp32.tflite", x), run_eager(model, x), atol=2e-5, rtol=1e-5)
 
 
 def test_qat_simulation_matches_the_int8_file(converted, arrays):
     _, out = converted
     qat = keras.saving.load_model(out / "litenext_qat.keras", compile=False)
     data = (out / "litenext_int8.tflite").read_bytes()
-    info = E.inspect_tflite(data)
+    info = T.inspect_tflite(data)
 
     # Every quantizer of the QAT model is a tensor scale of the file (the converter kept them).
-    interpreter = E._interpreter(data)
+    interpreter = T._interpreter(data)
     file_scales = np.array([t["quantization"][0] for t in interpreter.get_tensor_details() if t["quantization"][0] > 0])
     for name, (lo, hi) in Q.quantizer_ranges(qat).items():
         scale = (hi - lo) / 255.0
@@ -171,7 +172,7 @@ def test_qat_simulation_matches_the_int8_file(converted, arrays):
     scale = info["output"]["scale"]
     measured = {}
     for xnnpack in (True, False):
-        tflite = E.run_tflite(data, x, xnnpack=xnnpack)
+        tflite = T.run_tflite(data, x, xnnpack=xnnpack)
         steps = np.abs(tflite - simulated) / scale
         measured[xnnpack] = (np.median(steps), np.mean(steps <= 8), np.mean(steps <= 16), np.mean((tflite > 0) == (simulated > 0)))
     for xnnpack, median, within8, within16, masks in ((True, 4, 0.78, 0.95, 0.97), (False, 5, 0.72, 0.94, 0.97)):
@@ -250,31 +251,31 @@ def test_int8_io_types_agree(converted, run, arrays):
     _, out = converted
     model = keras.saving.load_model(run / "best.keras", compile=False)
     x = arrays["test"][0].astype(np.float32) / 255.0
-    data = E.convert(model, "int8", representative_data=arrays["train"][0], io="uint8", num_calibration=16)
-    uint8, int8 = E.inspect_tflite(data), E.inspect_tflite(out / "litenext_int8_ptq.tflite")
+    data = T.convert(model, "int8", representative_data=arrays["train"][0], io="uint8", num_calibration=16)
+    uint8, int8 = T.inspect_tflite(data), T.inspect_tflite(out / "litenext_int8_ptq.tflite")
     assert uint8["input"]["dtype"] == uint8["output"]["dtype"] == "uint8" and uint8["float_ops"] == {}
     assert uint8["input"]["zero_point"] == int8["input"]["zero_point"] + 128
     assert uint8["output"]["scale"] == pytest.approx(int8["output"]["scale"])
     step = int8["output"]["scale"]  # same int8 graph (same calibration images); only the ends differ
-    assert np.abs(E.run_tflite(data, x) - E.run_tflite(out / "litenext_int8_ptq.tflite", x)).max() <= step + 1e-6
+    assert np.abs(T.run_tflite(data, x) - T.run_tflite(out / "litenext_int8_ptq.tflite", x)).max() <= step + 1e-6
 
 
 def test_run_tflite_and_inspection_errors(converted, tmp_path):
     _, out = converted
     with pytest.raises(ValueError, match=r"takes images of shape \(32, 32, 3\)"):
-        E.run_tflite(out / "litenext_int8.tflite", np.zeros((1, 16, 16, 3), np.float32))
+        T.run_tflite(out / "litenext_int8.tflite", np.zeros((1, 16, 16, 3), np.float32))
     with pytest.raises(FileNotFoundError):
-        E.inspect_tflite(tmp_path / "missing.tflite")
+        T.inspect_tflite(tmp_path / "missing.tflite")
 
 
 def test_writes_are_atomic(tmp_path, run):
     target = tmp_path / "model.tflite"
     with pytest.raises(TypeError):
-        E.write_bytes(target, None)  # fails inside the write
+        T.write_bytes(target, None)  # fails inside the write
     assert not target.exists() and os.listdir(tmp_path) == []
     model = keras.saving.load_model(run / "best.keras", compile=False)
     with pytest.raises(ValueError, match="never calibrated"):
-        E.convert_to_file(Q.quantize_model(model), target, "int8", representative_data=np.zeros((2, 32, 32, 3), np.uint8))
+        T.convert_to_file(Q.quantize_model(model), target, "int8", representative_data=np.zeros((2, 32, 32, 3), np.uint8))
     assert not target.exists() and os.listdir(tmp_path) == []
 
 

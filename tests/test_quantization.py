@@ -208,7 +208,9 @@ def test_qat_finetune_trains_from_calibrated_ranges():
     to_uint8 = lambda a: (a * 255).round().astype(np.uint8)  # noqa: E731
     train = make_dataset(to_uint8(images[:8]), masks[:8].astype(np.uint8), batch_size=4, shuffle=True, seed=0)
     val = make_dataset(to_uint8(images[8:]), masks[8:].astype(np.uint8), batch_size=4)
-    qat = Q.qat_finetune(model, train, val, epochs=2, lr=1e-3, loss="bce_dice", calibration_steps=2, verbose=0)
+    from keras_litenext.qat_finetune import qat_finetune
+
+    qat = qat_finetune(model, train, val, epochs=2, lr=1e-3, loss="bce_dice", calibration_steps=2, verbose=0)
     assert Q.is_qat_model(qat) and Q.uncalibrated_quantizers(qat) == []
     assert all(np.isfinite(v).all() for v in qat.qat_history["loss"])
     assert qat.qat_best_epoch in (0, 1, 2)

@@ -76,7 +76,7 @@ def main(argv=None):
             print(f"error: Keras model {keras_path} not found (pass --keras or --no-keras)", file=sys.stderr)
             return 1
 
-    from keras_litenext.export import benchmark
+    from keras_litenext.tflite import benchmark
 
     keras_model = None
     if keras_path:
