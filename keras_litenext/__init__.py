@@ -4,23 +4,27 @@
 >>> model = LiteNeXt()          # 711,201 parameters, logits at the input resolution
 """
 
-# Importing the modules registers their layers, losses and metrics with Keras, so that any saved
-# `.keras` file of the package loads after `import keras_litenext`.
+# Importing the modules registers their layers, quantization rules, model specs, losses and
+# metrics with Keras, so that any saved `.keras` file of the package loads after
+# `import keras_litenext`.
 from keras_litenext import layers, losses, metrics, quantization
-from keras_litenext.models import LiteNeXt, create_model, list_models
+from keras_litenext.models import LiteNeXt, ModelSpec, create_model, get_spec, list_models, spec_of
 from keras_litenext.utils import count_macs
 from keras_litenext.version import __version__
 from keras_litenext.weights import load_torch_weights
 
 __all__ = [
     "LiteNeXt",
+    "ModelSpec",
     "count_macs",
     "create_model",
+    "get_spec",
     "layers",
     "list_models",
     "load_torch_weights",
     "losses",
     "metrics",
     "quantization",
+    "spec_of",
     "__version__",
 ]

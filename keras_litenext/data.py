@@ -1,4 +1,4 @@
-"""Binary segmentation datasets: pairing, a pre-flight scan, splits, augmentation and `tf.data`.
+"""Segmentation datasets (binary masks or class-index maps): pairing, a pre-flight scan, splits, augmentation and `tf.data`.
 
 A dataset folder holds ``images/`` and ``masks/``, paired by file stem (a mask stem may carry a
 suffix, e.g. ``ISIC_0001.jpg`` and ``ISIC_0001_segmentation.png`` with
@@ -8,7 +8,8 @@ Pipeline:
 
 1. `find_pairs` lists and pairs the files (sorted by stem).
 2. `load_pairs` reads every pair once (the pre-flight scan): it decodes, converts and resizes
-   images to uint8 ``(N, H, W, channels)`` and masks to uint8 ``(N, H, W, 1)`` in {0, 1}.
+   images to uint8 ``(N, H, W, channels)`` and masks, decoded by the task, to uint8
+   ``(N, H, W, 1)`` label maps ({0, 1} binary, ``0..K-1`` multi-class).
 3. `split_stems` / `save_splits` / `load_splits` / `select` make and reuse a seeded
    train/val/test split.
 4. `make_dataset` builds the `tf.data` pipeline (shuffle, batch, float conversion, in-graph
@@ -342,8 +343,10 @@ def read_image(path, channels=3):
         raise DatasetError(f"{path}: cannot be loaded ({type(e).__name__}: {e})".splitlines()[0]) from None
 
 
-def _load_pair(pair, h, w, channels, mask_threshold, binary_check):
+def _load_pair(pair, h, w, channels, decode_mask):
     """(image, mask, problems): arrays, or None and a list of one-line reasons."""
+    from keras_litenext.tasks import MaskError
+
     problems = []
     image = mask = None
     try:
@@ -353,19 +356,10 @@ def _load_pair(pair, h, w, channels, mask_threshold, binary_check):
         problems.append((pair.image, str(e)))
     try:
         raw_mask = _read(pair.mask)
-        if raw_mask.ndim == 3:
-            raw_mask = raw_mask[:, :, :3].max(axis=2) if raw_mask.shape[2] >= 3 else raw_mask[:, :, 0]
-        if binary_check and not mask_threshold:
-            if raw_mask.dtype == np.uint8:
-                n_values = int(np.count_nonzero(np.bincount(raw_mask.ravel(), minlength=256)))
-            else:
-                n_values = len(np.unique(raw_mask))
-            if n_values > 2:
-                raise _BadFile(
-                    f"has {n_values} distinct values, not a binary mask (JPEG artefacts or a resized "
-                    "mask?); pass mask_threshold=127 (--mask-threshold 127) to binarise it"
-                )
-        mask = (raw_mask > mask_threshold).astype(np.uint8)
+        try:
+            mask = decode_mask(raw_mask)
+        except MaskError as e:
+            raise _BadFile(str(e)) from None
     except _BadFile as e:
         problems.append((pair.mask, str(e)))
     if image is not None and mask is not None and image.shape[:2] != mask.shape[:2]:
@@ -392,7 +386,7 @@ def _display(path, root):
     return path if rel.startswith("..") else rel
 
 
-def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=True, skip_bad=False):
+def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=True, skip_bad=False, task=None):
     """Pre-flight scan and load: reads every pair once, validates, converts and resizes.
 
     Images: BGR(A) -> RGB, alpha dropped, 16 bit divided by 257 (so 65535 -> 255 and an
@@ -413,10 +407,15 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
             distinct values (lossy or interpolated masks need an explicit threshold). A non-zero
             ``mask_threshold`` turns the check off: the caller has said how to binarise.
         skip_bad: skip unusable pairs with one warning instead of raising.
+        task: a `keras_litenext.tasks` task whose `decode_mask` turns a stored mask into a label
+            map (a class-index map for `multiclass`: a value outside ``0..K-1`` or a colour
+            outside its palette is a problem of that file, listed with the values found).
+            Default: the binary task with ``mask_threshold`` and ``binary_check``.
 
     Returns:
         ``(images, masks, stems, report)``: uint8 ``(N, H, W, channels)``, uint8
-        ``(N, H, W, 1)`` in {0, 1}, the kept stems in input order, and
+        ``(N, H, W, 1)`` label maps ({0, 1} for binary, ``0..K-1`` for multiclass), the kept
+        stems in input order, and
         ``{"pairs": total, "kept": N, "skipped": ["file: reason", ...]}``.
 
     Raises:
@@ -431,6 +430,11 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
     if not pairs:
         raise DatasetError("load_pairs got no pairs to load")
     root = os.path.dirname(os.path.dirname(pairs[0].image)) or "."
+    if task is None:
+        from keras_litenext.tasks import BinaryTask
+
+        task = BinaryTask(mask_threshold=mask_threshold, binary_check=binary_check)
+    decode_mask = task.decode_mask
 
     if h is None:
         images, masks = [None] * len(pairs), [None] * len(pairs)
@@ -441,7 +445,7 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
 
     def work(pair):
         try:
-            return _load_pair(pair, h, w, channels, mask_threshold, binary_check)
+            return _load_pair(pair, h, w, channels, decode_mask)
         except Exception as e:  # never let an OpenCV/NumPy traceback escape
             return None, None, [(pair.image, f"cannot be loaded ({type(e).__name__}: {e})".splitlines()[0])]
 
@@ -730,7 +734,7 @@ class _Augmenter:
             image = image + tf.reshape(strength, [-1, 1, 1, 1]) * (blurred - image)
 
         image = tf.clip_by_value(image, 0.0, 1.0)
-        mask = tf.cast(mask > 0.5, tf.float32)
+        mask = tf.round(mask)  # nearest sampling copies labels; rounding only guards float noise
         if single:
             image, mask = image[0], mask[0]
         return image, mask
@@ -743,7 +747,7 @@ def augmenter(seed=None, rotation=20, flip=True, scale=0.1, brightness=0.1, cont
     transform, `tf.raw_ops.ImageProjectiveTransformV3`, reflect padding): independent horizontal
     and vertical flips, a rotation in ``[-rotation, rotation]`` degrees and a zoom in
     ``[1 - scale, 1 + scale]``; images are sampled bilinearly, masks with nearest neighbour, so
-    masks stay exactly {0, 1}. Then, on the image only: contrast ``k`` in
+    label maps keep exactly their values ({0, 1} or class indices; no class id is interpolated). Then, on the image only: contrast ``k`` in
     ``[1 - contrast, 1 + contrast]`` around the per-channel mean and a brightness shift in
     ``[-brightness, brightness]`` (the semantics of Keras `RandomContrast` / `RandomBrightness`
     with ``value_range=(0, 1)``), and with probability ``blur`` a 3x3 Gaussian blur mixed in at a
@@ -766,8 +770,8 @@ def augmenter(seed=None, rotation=20, flip=True, scale=0.1, brightness=0.1, cont
 
     Returns:
         callable ``augment(image, mask, seed=None) -> (image, mask)``. Inputs: images in [0, 1]
-        and masks in {0, 1}, shaped ``(H, W, C)`` or ``(B, H, W, C)``. Outputs: float32, same
-        shapes, image in [0, 1], mask exactly {0, 1}. Given ``seed`` (an int tensor of shape
+        and label maps (masks in {0, 1} or class indices), shaped ``(H, W, C)`` or ``(B, H, W, C)``. Outputs: float32, same
+        shapes, image in [0, 1], mask values exactly those of the input. Given ``seed`` (an int tensor of shape
         (2,)), the result is a pure function of inputs and seed, which is how `make_dataset`
         keeps parallel augmentation deterministic. Pure TensorFlow ops: usable in `tf.data.map`
         and `tf.function` (no `py_function`).
@@ -795,7 +799,7 @@ def _accepts_seed(fn):
 
 
 def make_dataset(images, masks, batch_size, augment=None, shuffle=False, seed=None, repeat=False,
-                 drop_remainder=False):
+                 drop_remainder=False, binary=True):
     """`tf.data` pipeline of ``(image, mask)`` batches for `model.fit`.
 
     ``from_tensor_slices`` (the uint8 arrays stay uint8 in memory) -> shuffle (whole dataset,
@@ -817,6 +821,8 @@ def make_dataset(images, masks, batch_size, augment=None, shuffle=False, seed=No
         seed: int or None.
         repeat: repeat forever (then pass ``steps_per_epoch`` to fit).
         drop_remainder: drop the last partial batch.
+        binary: masks are binary (any non-zero value is foreground, 1.0); False keeps the
+            values as class indices (multi-class label maps).
 
     Returns:
         `tf.data.Dataset` of ``(float32 (B, H, W, C), float32 (B, H, W, 1))``.
@@ -852,7 +858,8 @@ def make_dataset(images, masks, batch_size, augment=None, shuffle=False, seed=No
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
     def to_float(image, mask):
-        return tf.cast(image, tf.float32) / 255.0, tf.cast(mask > 0, tf.float32)
+        mask = tf.cast(mask > 0, tf.float32) if binary else tf.cast(mask, tf.float32)
+        return tf.cast(image, tf.float32) / 255.0, mask
 
     if augment is None:
         ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

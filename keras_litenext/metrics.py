@@ -1,29 +1,44 @@
-"""Per-image segmentation metrics: Dice, IoU, precision and recall of binary masks.
+"""Per-image segmentation metrics: Dice, IoU, precision, recall and HD95, binary and multi-class.
 
 Every metric is computed on hard masks, per image, and then averaged over images, as in the
 LiteNeXt evaluation (Tran et al., 2024, arXiv:2405.15779; the authors' `eval.py`):
 
-- prediction `P`: `sigmoid(logit) > threshold` (for `threshold=0.5`, `logit > 0`); ground truth
-  `G`: `mask > 0.5`;
+- binary model (one output channel): prediction `P`: `sigmoid(logit) > threshold` (for
+  `threshold=0.5`, `logit > 0`); ground truth `G`: `mask > 0.5`;
+- multi-class model (`K > 1` channels): the prediction is the arg-max over the channels and the
+  ground truth a class-index map (`0..K-1`, 0 the background); each foreground class `c` is
+  scored as the binary pair `P = (pred == c)`, `G = (mask == c)`;
 - `Dice = 2|P∩G| / (|P| + |G|)`, `IoU = |P∩G| / |P∪G|`, `precision = |P∩G| / |P|`,
-  `recall = |P∩G| / |G|`;
-- an empty prediction has precision 0 when `G` is not empty (the reference's torchmetrics
-  default, `zero_division=0`).
+  `recall = |P∩G| / |G|`; an empty prediction has precision 0 when `G` is not empty (the
+  reference's torchmetrics default, `zero_division=0`);
+- HD95 (`hausdorff95`, NumPy side only): the 95th percentile symmetric Hausdorff distance
+  between the surfaces of `P` and `G`, in pixels (or in `spacing` units), MONAI's
+  `compute_hausdorff_distance(percentile=95)`; a non-empty `G` predicted empty scores the image
+  diagonal `sqrt(H² + W²)`, a finite worst case.
 
-Images whose ground truth is empty, where these ratios are undefined or meaningless, follow the
-`empty` policy:
+Multi-class: an image's value of a metric is the MEAN OVER THE FOREGROUND CLASSES 1..K-1 present
+in its ground truth (the background is excluded, as MONAI's `include_background=False`); the
+per-class values (`dice_{class_name}`, ...) are averaged over the images where the class is
+present. With `K = 2` every number equals the binary one of the foreground.
 
-- `"skip"` (default, the reference's): they are not counted, for any metric;
-- `"score"`: they are counted, and every metric scores 1 when the prediction is empty too and
-  0 otherwise.
+Empty ground truths (an image, or a class in an image), where these ratios are undefined or
+meaningless, follow the `empty` policy:
+
+- `"skip"` (default, the reference's): they are not counted, for any metric (NaN per image,
+  HD95 included); a multi-class image without any foreground class is not counted;
+- `"score"`: they are counted, every overlap metric scoring 1 when the prediction is empty too
+  and 0 otherwise, and HD95 0 or the image diagonal.
 
 Two interfaces give the same numbers: streaming `keras.metrics.Metric`s for `compile`/`fit`/
-`evaluate` (written with `keras.ops` only, so they run on every backend and under `jit`), and
-NumPy functions for offline evaluation (`per_image_scores`, `summarize`, `evaluate_model`).
+`evaluate` (written with `keras.ops` only, so they run on every backend and under `jit`; no
+HD95), and NumPy functions for offline evaluation (`per_image_scores`, `summarize`,
+`evaluate_model`).
 """
 
 import math
+import re
 
+import cv2
 import keras
 import numpy as np
 from keras import ops
@@ -170,13 +185,157 @@ class RecallScore(_PerImageScore):
 _CLASSES = {"dice": DiceScore, "iou": IoUScore, "precision": PrecisionScore, "recall": RecallScore}
 
 
-def get_metrics(names=METRICS, **kwargs):
-    """Metric instances by name.
+def default_class_names(num_classes):
+    """`("background", "class1", ..., "class{K-1}")`."""
+    return ("background",) + tuple(f"class{c}" for c in range(1, int(num_classes)))
+
+
+def class_names_for(num_classes, class_names=None):
+    """`num_classes` metric-safe names: lowercase, `[a-z0-9_]` (other runs become `_`), unique.
+
+    Args:
+        num_classes: int `K`, background included.
+        class_names: `K` names, index 0 the background; defaults to `default_class_names(K)`.
+
+    Raises:
+        ValueError: for the wrong number of names, or names equal after sanitising.
+    """
+    num_classes = int(num_classes)
+    if class_names is None:
+        return default_class_names(num_classes)
+    class_names = list(class_names)
+    if len(class_names) != num_classes:
+        raise ValueError(f"class_names needs {num_classes} names (background first), got {len(class_names)}.")
+    names = []
+    for index, name in enumerate(class_names):
+        clean = re.sub(r"[^a-z0-9_]+", "_", str(name).strip().lower()).strip("_")
+        names.append(clean or f"class{index}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names must be distinct after sanitising, got {names}.")
+    return tuple(names)
+
+
+def _index_map(y_true, num_classes):
+    """int32 class indices `(batch, pixels)` from an index map, or from one-hot `(..., K)` labels."""
+    batch = ops.shape(y_true)[0]
+    if len(y_true.shape) == 4 and y_true.shape[-1] == num_classes:
+        return ops.reshape(ops.cast(ops.argmax(y_true, axis=-1), "int32"), (batch, -1))
+    y_true = ops.reshape(y_true, (batch, -1))
+    if not keras.backend.standardize_dtype(y_true.dtype).startswith(("int", "uint")):
+        y_true = ops.round(ops.cast(y_true, "float32"))
+    return ops.cast(y_true, "int32")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MultiClassScore(keras.metrics.Metric):
+    """Mean per-image score of one foreground class, or of all present ones, for a softmax model.
+
+    The prediction is the arg-max over the `K` channels of `y_pred` (logits or probabilities,
+    the same); `y_true` is a class-index map. Per image and class `c >= 1`, the score is that of
+    the binary masks `pred == c` and `true == c` (module docstring). With `class_index=None` an
+    image's value is the mean over the foreground classes present in its ground truth, and an
+    image with none is not counted; with `class_index=c` it is the score of class `c`, counted on
+    the images where `c` is present. Under `empty="score"` every class and image counts, an
+    absent class scoring 1 when it is also not predicted and 0 otherwise.
+
+    Args:
+        num_classes: int `K >= 2`, background included.
+        metric: one of `METRICS`. Defaults to `"dice"`.
+        class_index: `None` (mean over the foreground classes, default) or an int in `1..K-1`.
+        empty: `"skip"` (default) or `"score"`.
+        name: defaults to `metric` (`class_index=None`) or `f"{metric}_class{class_index}"`.
+        dtype: the metric's dtype.
+    """
+
+    def __init__(self, num_classes, metric="dice", class_index=None, empty="skip", name=None, dtype=None):
+        num_classes = int(num_classes)
+        if num_classes < 2:
+            raise ValueError(f"MultiClassScore needs num_classes >= 2, got {num_classes}.")
+        if metric not in _SCORES:
+            raise ValueError(f"Unknown metric {metric!r}; available: {', '.join(METRICS)}.")
+        if class_index is not None:
+            class_index = int(class_index)
+            if not 1 <= class_index < num_classes:
+                raise ValueError(f"class_index must be in 1..{num_classes - 1}, got {class_index}.")
+        if empty not in EMPTY_POLICIES:
+            raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}.")
+        default = metric if class_index is None else f"{metric}_class{class_index}"
+        super().__init__(name=name or default, dtype=dtype)
+        self.num_classes = num_classes
+        self.metric = metric
+        self.class_index = class_index
+        self.empty = empty
+        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Adds a batch of images.
+
+        Args:
+            y_true: class-index map `(batch, height, width[, 1])`, values `0..K-1`.
+            y_pred: `(batch, height, width, K)` logits or probabilities.
+            sample_weight: optional per-image weights, shape `(batch,)`.
+        """
+        k = self.num_classes
+        y_pred = ops.cast(y_pred, "float32")
+        if y_pred.shape[-1] != k:
+            raise ValueError(f"Expected predictions with {k} channels, got shape {y_pred.shape}.")
+        batch = ops.shape(y_pred)[0]
+        pred = ops.one_hot(ops.reshape(ops.argmax(y_pred, axis=-1), (batch, -1)), k, dtype="float32")
+        gt = ops.one_hot(_index_map(y_true, k), k, dtype="float32")
+        tp = ops.sum(pred * gt, axis=1)[:, 1:]
+        n_pred = ops.sum(pred, axis=1)[:, 1:]
+        n_true = ops.sum(gt, axis=1)[:, 1:]
+        score = _SCORES[self.metric](tp, n_pred, n_true)
+        if self.empty == "score":
+            present = ops.ones_like(score)
+            score = ops.where(n_true > 0, score, ops.cast(ops.equal(n_pred, 0.0), "float32"))
+        else:
+            present = ops.cast(n_true > 0, "float32")
+        if self.class_index is None:
+            counted = ops.sum(present, axis=1)
+            image_score = _ratio(ops.sum(score * present, axis=1), counted)
+            weight = ops.cast(counted > 0, "float32")
+        else:
+            image_score = score[:, self.class_index - 1]
+            weight = present[:, self.class_index - 1]
+        if sample_weight is not None:
+            weight = weight * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        self.total.assign_add(ops.sum(weight * image_score))
+        self.count.assign_add(ops.sum(weight))
+
+    def result(self):
+        return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1e-12), 0.0)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, metric=self.metric, class_index=self.class_index, empty=self.empty)
+        return config
+
+
+def get_metrics(names=METRICS, num_classes=1, class_names=None, per_class=True, **kwargs):
+    """Metric instances by name, for a model with `num_classes` output channels.
+
+    With `num_classes=1` (sigmoid), the binary `DiceScore`, `IoUScore`, `PrecisionScore` and
+    `RecallScore`. With `K > 1` (softmax, arg-max), `MultiClassScore`s of the same names whose
+    per-image value is the mean over the foreground classes present, followed (with
+    `per_class=True`) by one Dice metric per foreground class named `f"dice_{class_name}"`. The
+    monitored name (`val_dice`) is the same for both.
 
     Args:
         names: iterable of names from `METRICS` (`"dice"`, `"iou"`, `"precision"`, `"recall"`),
             or one name.
-        **kwargs: passed to every constructor (`threshold`, `from_logits`, `empty`).
+        num_classes: int, number of model output channels. Defaults to 1.
+        class_names: for `K > 1`, `K` names with the background first (sanitised to lowercase
+            `[a-z0-9_]`); defaults to `("background", "class1", ...)`.
+        per_class: bool, for `K > 1`, whether to add the per-class Dice metrics. Defaults to True.
+        **kwargs: passed to every constructor: `threshold`, `from_logits`, `empty` for `K = 1`;
+            `empty` for `K > 1` (`threshold` and `from_logits` do not change an arg-max and are
+            ignored there).
 
     Returns:
         list of `keras.metrics.Metric`.
@@ -189,52 +348,221 @@ def get_metrics(names=METRICS, **kwargs):
     unknown = [n for n in names if n not in _CLASSES]
     if unknown:
         raise ValueError(f"Unknown metric(s) {unknown}; available: {', '.join(METRICS)}.")
-    return [_CLASSES[n](**kwargs) for n in names]
+    num_classes = int(num_classes)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    if num_classes == 1:
+        return [_CLASSES[n](**kwargs) for n in names]
+    kwargs.pop("threshold", None)
+    kwargs.pop("from_logits", None)
+    labels = class_names_for(num_classes, class_names)
+    metrics = [MultiClassScore(num_classes, metric=n, **kwargs) for n in names]
+    if per_class:
+        metrics += [
+            MultiClassScore(num_classes, metric="dice", class_index=c, name=f"dice_{labels[c]}", **kwargs)
+            for c in range(1, num_classes)
+        ]
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------
 # NumPy evaluation
 # ----------------------------------------------------------------------------------------------
-def per_image_scores(masks, logits, threshold=0.5, empty="skip", from_logits=True):
-    """Dice, IoU, precision and recall of every image, as NumPy arrays.
+def _surface(mask):
+    """Pixels of a boolean mask with one of their 8 neighbours outside it (outside the image too)."""
+    m = mask.astype(np.uint8)
+    eroded = cv2.erode(m, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return mask & (eroded == 0)
+
+
+def _distance_to(surface, spacing):
+    """Euclidean distance of every pixel to the nearest `surface` pixel, in pixels or `spacing` units."""
+    if spacing is None or spacing[0] == spacing[1]:
+        dist = cv2.distanceTransform((~surface).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        dist = dist.astype(np.float64)
+        return dist if spacing is None else dist * spacing[0]
+    from scipy import ndimage  # anisotropic pixels only; cv2's transform assumes square ones
+
+    return ndimage.distance_transform_edt(~surface, sampling=spacing)
+
+
+def _check_spacing(spacing):
+    if spacing is None:
+        return None
+    spacing = tuple(float(v) for v in spacing)
+    if len(spacing) != 2 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be two positive numbers (row, column), got {spacing}.")
+    return spacing
+
+
+def hausdorff95(truth, prediction, spacing=None, empty="skip"):
+    """95th-percentile symmetric Hausdorff distance between two binary 2-D masks.
+
+    `max(P95 of the distances from each predicted surface pixel to the true surface, P95 of the
+    distances from each true surface pixel to the predicted surface)`, MONAI's
+    `compute_hausdorff_distance(percentile=95)`. Surface pixels are mask pixels with one of their
+    8 neighbours outside the mask (pixels on the image edge included); distances are exact
+    Euclidean (`cv2.distanceTransform`, `DIST_MASK_PRECISE`). Empty masks: see the module
+    docstring.
 
     Args:
-        masks: ground-truth masks, `(n, height, width[, 1])`; `> 0.5` is foreground.
-        logits: model outputs for the same images (probabilities with `from_logits=False`), with
-            as many pixels per image as `masks`.
-        threshold: float, probability above which a pixel is foreground. Defaults to 0.5.
-        empty: `"skip"` (default; images with an empty ground truth get NaN) or `"score"`
-            (module docstring).
-        from_logits: bool, defaults to True.
+        truth, prediction: boolean (or 0/1) arrays `(height, width)`.
+        spacing: optional `(row, column)` pixel size (e.g. millimetres); distances are in pixels
+            when None. Unequal sizes use SciPy's exact transform (`scipy` must be installed).
+        empty: `"skip"` (an empty truth gives NaN) or `"score"` (0 if the prediction is empty too,
+            else the image diagonal).
 
     Returns:
-        dict mapping each of `METRICS` to a float64 array of shape `(n,)`.
+        float.
+    """
+    truth = np.asarray(truth).astype(bool)
+    prediction = np.asarray(prediction).astype(bool)
+    if truth.ndim != 2 or truth.shape != prediction.shape:
+        raise ValueError(
+            f"hausdorff95 needs two masks (height, width) of one shape, got {truth.shape}, {prediction.shape}."
+        )
+    spacing = _check_spacing(spacing)
+    sy, sx = spacing or (1.0, 1.0)
+    diagonal = math.hypot(truth.shape[0] * sy, truth.shape[1] * sx)
+    if not truth.any():
+        if empty == "skip":
+            return math.nan
+        return 0.0 if not prediction.any() else diagonal
+    if not prediction.any():
+        return diagonal
+    surface_true, surface_pred = _surface(truth), _surface(prediction)
+    to_true = _distance_to(surface_true, spacing)[surface_pred]
+    to_pred = _distance_to(surface_pred, spacing)[surface_true]
+    return float(max(np.percentile(to_true, 95), np.percentile(to_pred, 95)))
+
+
+def _ratio_np(num, den):
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def _nanmean_rows(values):
+    """Mean of each row over its non-NaN entries; NaN for a row without any."""
+    valid = ~np.isnan(values)
+    counts = valid.sum(axis=1)
+    sums = np.where(valid, values, 0.0).sum(axis=1)
+    return np.divide(sums, counts, out=np.full(len(values), np.nan), where=counts > 0)
+
+
+def _binary_counts(gt, pred):
+    """`(tp, n_pred, n_true)` float64 arrays over the last axis of boolean `(..., pixels)` arrays."""
+    return (
+        np.sum(gt & pred, axis=-1).astype(np.float64),
+        np.sum(pred, axis=-1).astype(np.float64),
+        np.sum(gt, axis=-1).astype(np.float64),
+    )
+
+
+def _overlap_scores(tp, n_pred, n_true, empty):
+    """Dice/IoU/precision/recall arrays, empty ground truths filled by the `empty` policy."""
+    scores = {
+        "dice": _ratio_np(2.0 * tp, n_pred + n_true),
+        "iou": _ratio_np(tp, n_pred + n_true - tp),
+        "precision": _ratio_np(tp, n_pred),
+        "recall": _ratio_np(tp, n_true),
+    }
+    empty_gt = n_true == 0
+    fill = np.where(n_pred == 0, 1.0, 0.0) if empty == "score" else np.full(n_true.shape, np.nan)
+    for values in scores.values():
+        values[empty_gt] = fill[empty_gt]
+    return scores
+
+
+def per_image_scores(
+    masks,
+    logits,
+    threshold=0.5,
+    empty="skip",
+    from_logits=True,
+    class_names=None,
+    hd95=True,
+    spacing=None,
+):
+    """Dice, IoU, precision, recall and HD95 of every image, as NumPy arrays.
+
+    The number of classes is read off the output: `K = logits.shape[-1]` for 4-D `logits`, else
+    1. For `K = 1` the prediction is `sigmoid(logit) > threshold` and `masks > 0.5` the ground
+    truth. For `K > 1` the prediction is the arg-max over the channels, `masks` is a class-index
+    map, each foreground class `c` is scored as the binary pair `(pred == c, mask == c)`, and the
+    image's value is the mean over the foreground classes present (module docstring).
+
+    Args:
+        masks: ground truth, `(n, height, width[, 1])`: binary masks for `K = 1`, class-index maps
+            (values `0..K-1`) for `K > 1`.
+        logits: model outputs for the same images, `(n, height, width[, K])` (probabilities with
+            `from_logits=False`).
+        threshold: float, probability above which a pixel is foreground (`K = 1` only).
+            Defaults to 0.5.
+        empty: `"skip"` (default; an image or class with an empty ground truth gets NaN) or
+            `"score"` (module docstring).
+        from_logits: bool, defaults to True. An arg-max does not depend on it.
+        class_names: for `K > 1`, `K` names with the background first (sanitised as in
+            `get_metrics`); defaults to `("background", "class1", ...)`.
+        hd95: bool, whether to compute the HD95 (`hausdorff95`). Defaults to True.
+        spacing: optional `(row, column)` pixel size for the HD95; pixels when None.
+
+    Returns:
+        dict of float64 arrays of shape `(n,)`: `"dice"`, `"iou"`, `"precision"`, `"recall"`,
+        `"hd95"`, and for `K > 1` then `f"{metric}_{class_name}"` for every metric and
+        foreground class.
     """
     threshold = _check_args(threshold, empty, from_logits)
+    spacing = _check_spacing(spacing)
     masks = np.asarray(masks)
     logits = np.asarray(logits, dtype=np.float32)
+    k = int(logits.shape[-1]) if logits.ndim == 4 else 1
     n = masks.shape[0] if masks.ndim else 0
+    if k > 1:
+        return _multiclass_scores(masks, logits, k, empty, class_names, hd95, spacing)
     if logits.shape[0] != n or logits.size != masks.size:
         raise ValueError(f"masks {masks.shape} and logits {logits.shape} do not describe the same images.")
     gt = masks.reshape(n, -1).astype(np.float32) > 0.5
     pred = logits.reshape(n, -1) > np.float32(_logit_threshold(threshold, from_logits))
-    tp = np.sum(gt & pred, axis=1).astype(np.float64)
-    n_pred = np.sum(pred, axis=1).astype(np.float64)
-    n_true = np.sum(gt, axis=1).astype(np.float64)
+    scores = _overlap_scores(*_binary_counts(gt, pred), empty)
+    if hd95:
+        if masks.ndim < 3:
+            raise ValueError(f"hd95 needs masks of shape (n, height, width[, 1]), got {masks.shape}.")
+        shape = masks.shape[1:3]
+        gt, pred = gt.reshape((n, *shape)), pred.reshape((n, *shape))
+        scores["hd95"] = np.array([hausdorff95(g, p, spacing, empty) for g, p in zip(gt, pred)], np.float64)
+    return scores
 
-    def ratio(num, den):
-        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
-    scores = {
-        "dice": ratio(2.0 * tp, n_pred + n_true),
-        "iou": ratio(tp, n_pred + n_true - tp),
-        "precision": ratio(tp, n_pred),
-        "recall": ratio(tp, n_true),
-    }
-    empty_gt = n_true == 0
-    fill = np.where(n_pred == 0, 1.0, 0.0) if empty == "score" else np.full(n, np.nan)
-    for values in scores.values():
-        values[empty_gt] = fill[empty_gt]
+def _multiclass_scores(masks, logits, k, empty, class_names, hd95, spacing):
+    names = class_names_for(k, class_names)
+    n, height, width = logits.shape[:3]
+    if masks.ndim == 4 and masks.shape[-1] == k:
+        masks = np.argmax(masks, axis=-1)
+    if masks.ndim == 4 and masks.shape[-1] == 1:
+        masks = masks[..., 0]
+    if masks.shape != (n, height, width):
+        raise ValueError(f"masks {masks.shape} and logits {logits.shape} do not describe the same images.")
+    labels = np.rint(masks).astype(np.int64) if masks.dtype.kind == "f" else masks.astype(np.int64)
+    pred = np.argmax(logits, axis=-1)
+    classes = np.arange(1, k)
+    gt_c = labels.reshape(n, 1, -1) == classes[None, :, None]  # (n, K-1, pixels)
+    pred_c = pred.reshape(n, 1, -1) == classes[None, :, None]
+    per_class = _overlap_scores(*_binary_counts(gt_c, pred_c), empty)  # each (n, K-1)
+    if hd95:
+        shape = (height, width)
+        per_class["hd95"] = np.array(
+            [
+                [
+                    hausdorff95(gt_c[i, j].reshape(shape), pred_c[i, j].reshape(shape), spacing, empty)
+                    for j in range(k - 1)
+                ]
+                for i in range(n)
+            ],
+            np.float64,
+        ).reshape(n, k - 1)
+    scores = {metric: _nanmean_rows(values) for metric, values in per_class.items()}
+    for metric, values in per_class.items():
+        for j, name in enumerate(names[1:]):
+            scores[f"{metric}_{name}"] = values[:, j].copy()
     return scores
 
 
@@ -273,27 +601,41 @@ def _batches(data):
         yield False, np.asarray(element[0]), np.asarray(element[1])
 
 
-def evaluate_model(model, dataset_or_arrays, threshold=0.5, empty="skip", batch_size=8, from_logits=True):
-    """Runs a model over a test set and returns per-image Dice, IoU, precision and recall.
+def evaluate_model(
+    model,
+    dataset_or_arrays,
+    threshold=0.5,
+    empty="skip",
+    batch_size=8,
+    from_logits=True,
+    class_names=None,
+    hd95=True,
+    spacing=None,
+):
+    """Runs a model over a test set and returns the per-image scores of `per_image_scores`.
 
     Args:
-        model: a Keras model whose (first) output is a logit map per image.
+        model: a Keras model whose (first) output is a logit map per image, `(H, W, 1)` or
+            `(H, W, K)`.
         dataset_or_arrays: `(images, masks)` NumPy arrays, or an iterable of batches
             `(images, masks[, ...])` such as a batched `tf.data.Dataset` (read with
             `as_numpy_iterator()` when it has one); unbatched elements count as batches of one.
-        threshold: float, defaults to 0.5.
+        threshold: float, defaults to 0.5 (binary models).
         empty: `"skip"` (default) or `"score"`; see the module docstring.
         batch_size: int, for arrays. Defaults to 8.
         from_logits: bool, whether the model outputs logits (default) or probabilities.
+        class_names: for `K > 1` outputs, `K` names, background first.
+        hd95: bool, whether to compute the HD95. Defaults to True.
+        spacing: optional `(row, column)` pixel size for the HD95.
 
     Returns:
-        dict: `{"dice": {"mean", "std"}, "iou": ..., "precision": ..., "recall": ...,
-        "images": n, "counted": m, "skipped_empty": n - m, "per_image": {metric: list}}`, the
-        per-image lists in input order with NaN for skipped images.
+        dict: `{"dice": {"mean", "std"}, "iou": ..., "precision": ..., "recall": ..., "hd95": ...,
+        [per-class keys,] "images": n, "counted": m, "skipped_empty": n - m, "per_image":
+        {key: list}}`, the per-image lists in input order with NaN for skipped images.
     """
     _check_args(threshold, empty, from_logits)
     input_rank = len(model.inputs[0].shape) if getattr(model, "inputs", None) else None
-    collected = {name: [] for name in METRICS}
+    collected = {}
     for is_whole_set, images, masks in _batches(dataset_or_arrays):
         if is_whole_set:
             outputs = model.predict(images, batch_size=batch_size, verbose=0)
@@ -304,9 +646,20 @@ def evaluate_model(model, dataset_or_arrays, threshold=0.5, empty="skip", batch_
         if isinstance(outputs, (list, tuple)):
             outputs = outputs[0]
         outputs = np.asarray(keras.ops.convert_to_numpy(outputs), dtype=np.float32)
-        scores = per_image_scores(masks, outputs, threshold=threshold, empty=empty, from_logits=from_logits)
-        for name in METRICS:
-            collected[name].append(scores[name])
+        scores = per_image_scores(
+            masks,
+            outputs,
+            threshold=threshold,
+            empty=empty,
+            from_logits=from_logits,
+            class_names=class_names,
+            hd95=hd95,
+            spacing=spacing,
+        )
+        for name, values in scores.items():
+            collected.setdefault(name, []).append(values)
+    if not collected:
+        collected = {name: [] for name in METRICS}
     per_image = {
         name: np.concatenate(parts) if parts else np.zeros((0,), np.float64) for name, parts in collected.items()
     }
@@ -316,14 +669,18 @@ def evaluate_model(model, dataset_or_arrays, threshold=0.5, empty="skip", batch_
 
 
 __all__ = [
-    "DiceScore",
     "EMPTY_POLICIES",
-    "IoUScore",
     "METRICS",
+    "DiceScore",
+    "IoUScore",
+    "MultiClassScore",
     "PrecisionScore",
     "RecallScore",
+    "class_names_for",
+    "default_class_names",
     "evaluate_model",
     "get_metrics",
+    "hausdorff95",
     "per_image_scores",
     "summarize",
 ]

@@ -20,20 +20,20 @@ predictor exist only in the training graph: the model saved for inference is the
 segmentation model, with its parameter count unchanged.
 """
 
-import re
-
 import keras
 from keras import layers, ops
 
 from keras_litenext.layers import PACKAGE
+from keras_litenext.models.registry import spec_of
 
 
 def default_feature_layer(model):
-    """Name of the deepest encoder feature of a package model (LiteNeXt: the last stage-4 block)."""
-    names = [layer.name for layer in model.layers if re.fullmatch(r"stage4_block\d+_mix_act", layer.name)]
-    if not names:
-        raise ValueError(f"Cannot find the encoder output of {model.name!r}; pass feature_layer=<layer name>.")
-    return names[-1]
+    """Name of the deepest encoder feature of a registered model: the last of its spec's
+    `feature_layers` (LiteNeXt: the last stage-4 block)."""
+    try:
+        return spec_of(model).feature_layer_names(model)[-1]
+    except ValueError as err:
+        raise ValueError(f"Cannot find the encoder output of {model.name!r} ({err}); pass feature_layer=<layer name>.") from None
 
 
 def _projector(in_dim, hidden_dim, out_dim, name):

@@ -15,9 +15,7 @@ A run folder holds everything a run produces, each file written atomically:
 """
 
 import contextlib
-import dataclasses
 import datetime
-import json
 import math
 import os
 import time
@@ -26,64 +24,18 @@ import keras
 import numpy as np
 
 from keras_litenext import data as data_lib
-from keras_litenext.losses import get_loss
-from keras_litenext.metrics import get_metrics, per_image_scores, summarize
+from keras_litenext.losses import MWL_WEIGHTS
+from keras_litenext.metrics import summarize
 from keras_litenext.models import create_model
-from keras_litenext.utils import atomic_path, write_json
-from keras_litenext.visualize import overlay, plot_history, save_grid
+from keras_litenext.runs import BEST, HISTORY, METRICS, Run, TrainConfig
+from keras_litenext.utils import atomic_path
+from keras_litenext.visualize import overlay_labels, plot_history, save_grid
+
+__all__ = ["BestModelCheckpoint", "NonFiniteLossError", "StopOnNonFiniteLoss", "TrainConfig", "build_datasets", "finish_run", "train"]
 
 SAMPLE_IMAGE_SIZE = 96
 SAMPLE_EPOCHS = 40  # the bundled sample trains in a few minutes on 2 CPU cores
 DEFAULT_EPOCHS = 60
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Every setting of a training run; `training/fit.py` exposes each as a flag."""
-
-    model: str = "litenext"
-    data: str | None = None  # None: the sample bundled with the package
-    image_size: int | None = None  # None: 96 for the bundled sample, else 256
-    channels: int = 3
-    masks_suffix: str = ""
-    mask_threshold: int = 0
-    splits: str | None = None  # a JSON file with "train"/"val"/"test" stems
-    split: tuple = (0.8, 0.1, 0.1)
-    batch_size: int = 8
-    epochs: int | None = None  # None: 40 for the bundled sample, else 60
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    schedule: str = "cosine"  # "cosine" or "plateau"
-    loss: str = "mwl"
-    mwl_weights: tuple = (5.0, 3.0, 2.0)  # margin, object, background; chosen by val Dice (README)
-    mwl_kernel: int = 7
-    augment: bool = True
-    serp: bool = False
-    serp_weight: float = 0.1
-    serp_decay: float = 0.99
-    seed: int = 42
-    output: str | None = None  # None: runs/<model>-<data>-<time>
-    resume: bool = False
-    skip_bad: bool = False
-    mixed_precision: str = "auto"  # auto: on when a GPU is visible
-    jit_compile: str = "auto"  # auto: on when a GPU is visible
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
-    verbose: str | int = "auto"
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown training setting(s): {', '.join(unknown)}.")
-        values = dict(values)
-        for key in ("split", "mwl_weights"):
-            if key in values and values[key] is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -126,6 +78,7 @@ def _resolve(config):
         config.data = data_lib.sample_data_dir()
         config.image_size = config.image_size or SAMPLE_IMAGE_SIZE
         config.epochs = config.epochs or SAMPLE_EPOCHS
+    config.data = os.path.abspath(config.data)  # the run folder must work from any directory
     config.image_size = config.image_size or 256
     config.epochs = config.epochs or DEFAULT_EPOCHS
     if config.output is None:
@@ -135,39 +88,21 @@ def _resolve(config):
 
 
 def _prepare_run_folder(config):
-    """Create the run folder, or reload a resumed run's settings from it."""
+    """A new run folder for `config`, or a resumed run's (its stored settings)."""
     if config.resume:
         if not config.output:
             raise ValueError("resume needs the run folder: pass --output <run folder>.")
-        config_path = os.path.join(config.output, "config.json")
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"Cannot resume: {config_path} does not exist (is --output the run folder?).")
-        with open(config_path) as f:
-            saved = TrainConfig.from_dict(json.load(f))
-        saved.resume, saved.output, saved.verbose = True, config.output, config.verbose
+        run = Run.open(config.output)
+        run.config.resume, run.config.verbose = True, config.verbose
         if config.epochs:  # the one setting a resumed run may change
-            saved.epochs = config.epochs
-        return saved
+            run.config.epochs = config.epochs
+        return run
     config = _resolve(config)
-    config_path = os.path.join(config.output, "config.json")
-    if os.path.exists(config.output) and os.listdir(config.output):
-        raise FileExistsError(f"Run folder {config.output} is not empty: pass --resume to continue it, or another --output.")
-    os.makedirs(config.output, exist_ok=True)
-    write_json(config_path, config.to_dict())
-    return config
-
-
-def _split_arrays(config, images, masks, stems):
-    splits_path = os.path.join(config.output, "splits.json")
-    if os.path.exists(splits_path):
-        splits = data_lib.load_splits(splits_path)
-    elif config.splits:
-        splits = data_lib.load_splits(config.splits)
-    else:
-        splits = data_lib.split_stems(stems, fractions=config.split, seed=config.seed)
-    if not os.path.exists(splits_path):
-        data_lib.save_splits(splits_path, splits, seed=config.seed, data=os.path.abspath(config.data))
-    return {name: data_lib.select(stems, images, masks, splits[name]) for name in ("train", "val", "test")}
+    task = config.resolve_classes()
+    config.loss = config.loss or task.default_loss
+    if config.loss == "mwl" and config.mwl_weights is None:
+        config.mwl_weights = MWL_WEIGHTS
+    return Run.create(config)
 
 
 def _devices():
@@ -203,15 +138,16 @@ def _serp_views(augment):
 
 def build_datasets(config, arrays):
     """`(train, val)` tf.data pipelines for `fit`; SeRP runs get `((view1, view2), mask)`."""
+    binary = config.task_spec.output_channels == 1
     train_images, train_masks = arrays["train"]
     augment = data_lib.augmenter(seed=config.seed) if config.augment else None
     if config.serp:
         augment = _serp_views(augment)
     train = data_lib.make_dataset(
         train_images, train_masks, config.batch_size, augment=augment, shuffle=True, seed=config.seed,
-        drop_remainder=len(train_images) >= config.batch_size,
+        drop_remainder=len(train_images) >= config.batch_size, binary=binary,
     )
-    val = data_lib.make_dataset(*arrays["val"], config.batch_size)
+    val = data_lib.make_dataset(*arrays["val"], config.batch_size, binary=binary)
     if config.serp:
         val = val.map(lambda x, y: ((x, x), y))
     return train, val
@@ -229,7 +165,8 @@ def train(config, strategy=None):
         data.DatasetError: a problem with the dataset, found before training starts.
         NonFiniteLossError: the loss became NaN/inf; the run folder keeps the last good state.
     """
-    config = _prepare_run_folder(config)
+    run = _prepare_run_folder(config)
+    config, task = run.config, run.task
     keras.utils.set_random_seed(config.seed)
     gpus, auto_strategy = _devices()
     strategy = strategy or auto_strategy
@@ -237,13 +174,11 @@ def train(config, strategy=None):
         keras.mixed_precision.set_global_policy("mixed_float16")
     jit = _switch(config.jit_compile, gpus > 0)
 
-    pairs = data_lib.find_pairs(config.data, masks_suffix=config.masks_suffix, skip_bad=config.skip_bad)
-    images, masks, stems, report = data_lib.load_pairs(
-        pairs, config.image_size, channels=config.channels, mask_threshold=config.mask_threshold, skip_bad=config.skip_bad
-    )
-    arrays = _split_arrays(config, images, masks, stems)
+    images, masks, stems, report = run.load_data()
+    arrays = run.split_arrays(images, masks, stems)
     sizes = {k: len(v[0]) for k, v in arrays.items()}
-    print(f"Data: {config.data}: {len(stems)} pairs at {config.image_size}x{config.image_size} "
+    classes = f"; {task.name}: {', '.join(task.class_names)}" if task.output_channels > 1 else ""
+    print(f"Data: {config.data}: {len(stems)} pairs at {config.image_size}x{config.image_size}{classes} "
           f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}"
           + (f"; skipped {len(report['skipped'])}" if report.get("skipped") else "") + ")")
     train_ds, val_ds = build_datasets(config, arrays)
@@ -251,7 +186,10 @@ def train(config, strategy=None):
 
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
-        model = create_model(config.model, input_shape=(config.image_size, config.image_size, config.channels), **config.model_kwargs)
+        model = create_model(
+            config.model, input_shape=(config.image_size, config.image_size, config.channels),
+            num_classes=task.output_channels, **config.model_kwargs,
+        )
         callbacks = []
         if config.serp:
             from keras_litenext.serp import build_serp_model
@@ -264,31 +202,28 @@ def train(config, strategy=None):
             lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=steps * config.epochs, alpha=1e-2)
         elif config.schedule == "plateau":
             lr = config.lr
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_dice", mode="max", factor=0.5, patience=10, min_lr=config.lr / 100))
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                monitor=task.monitor, mode=task.monitor_mode, factor=0.5, patience=10, min_lr=config.lr / 100))
         else:
             raise ValueError(f"Unknown schedule {config.schedule!r}: use 'cosine' or 'plateau'.")
-        loss_kwargs = {}
-        if config.loss == "mwl":
-            w_m, w_o, w_b = config.mwl_weights
-            loss_kwargs = dict(w_margin=w_m, w_object=w_o, w_background=w_b, kernel_size=config.mwl_kernel)
         fit_model.compile(
             optimizer=keras.optimizers.AdamW(lr, weight_decay=config.weight_decay),
-            loss=get_loss(config.loss, **loss_kwargs),
-            metrics=get_metrics(),
+            loss=task_loss(config),
+            metrics=task.metrics(),
             jit_compile=jit,
         )
 
     out = config.output
-    best_path = os.path.join(out, "best.keras")
-    best = _best_so_far(os.path.join(out, "history.csv")) if config.resume else None
+    best_path = run.file(BEST)
+    best = _best_so_far(run.file(HISTORY), task.monitor) if config.resume else None
     # Order matters. The NaN guard runs first, so nothing after it sees a broken step. The
     # history row and the best model are written before the backup: a kill in between makes
     # the resumed run repeat that epoch (a duplicate history row), never lose its row.
     callbacks = [
         StopOnNonFiniteLoss(),
         *callbacks,
-        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=config.resume),
-        BestModelCheckpoint(model, best_path, best=best),
+        keras.callbacks.CSVLogger(run.file(HISTORY), append=config.resume),
+        BestModelCheckpoint(model, best_path, monitor=task.monitor, mode=task.monitor_mode, best=best),
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
         keras.callbacks.BackupAndRestore(os.path.join(out, "backup"), double_checkpoint=True),
     ]
@@ -307,41 +242,48 @@ def train(config, strategy=None):
     return finish_run(config, model if not os.path.exists(best_path) else keras.saving.load_model(best_path), arrays, train_seconds)
 
 
-def _best_so_far(history_csv):
+def task_loss(config):
+    """The loss of a run's settings, through its task (one place wires the MWL arguments)."""
+    return config.task_spec.loss(config.loss, mwl_weights=config.mwl_weights, mwl_kernel=config.mwl_kernel,
+                                 class_weights=config.class_weights)
+
+
+def _best_so_far(history_csv, monitor="val_dice"):
     import csv
 
     if not os.path.exists(history_csv):
         return None
     with open(history_csv, newline="") as f:
-        values = [float(r["val_dice"]) for r in csv.DictReader(f) if r.get("val_dice") not in (None, "", "nan")]
+        values = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor) not in (None, "", "nan")]
     return max(values) if values else None
 
 
 def finish_run(config, model, arrays, train_seconds=None):
     """Evaluate `model` on the test split; write `metrics.json`, `curves.png`, `test_overlays.png`."""
-    out = config.output
+    run = Run(config.output, config)
+    task = run.task
     test_images, test_masks = arrays["test"]
     logits = np.asarray(model.predict(test_images.astype("float32") / 255.0, batch_size=config.batch_size, verbose=0))
-    scores = per_image_scores(test_masks, logits)
-    results = {**summarize(scores), "per_image": scores}
+    scores = task.scores(test_masks, logits)
+    results = {**summarize(scores), "per_image": {k: np.asarray(v).tolist() for k, v in scores.items()}}
     summary = {
         "model": config.model,
         "params": int(model.count_params()),
         "data": os.path.abspath(config.data),
         "image_size": config.image_size,
+        "task": task.name,
+        "class_names": list(task.class_names),
         "split": "test",
         "train_seconds": None if train_seconds is None else round(train_seconds, 1),
         **results,
     }
-    write_json(os.path.join(out, "metrics.json"), summary)
-    history = os.path.join(out, "history.csv")
-    if os.path.exists(history):
-        plot_history(history, os.path.join(out, "curves.png"))
+    run.write_json(METRICS, summary)
+    if run.exists(HISTORY):
+        plot_history(run.file(HISTORY), run.file("curves.png"))
     n = min(16, len(test_images))
     if n:
-        tiles = [overlay(test_images[i], logits[i] > 0, test_masks[i]) for i in range(n)]
-        save_grid(os.path.join(out, "test_overlays.png"), tiles)
-    dice = results["dice"]
-    print(f"Test Dice {dice['mean']:.4f} ± {dice['std']:.4f}, IoU {results['iou']['mean']:.4f} "
-          f"({results['counted']} of {results['images']} test images) -> {out}")
+        labels = task.labels(logits)
+        tiles = [overlay_labels(test_images[i], labels[i], task.num_classes, test_masks[i][..., 0]) for i in range(n)]
+        save_grid(run.file("test_overlays.png"), tiles, legend=task.class_names if task.num_classes > 2 else None)
+    print(f"Test {task.summary_line(results)} ({results['counted']} of {results['images']} test images) -> {config.output}")
     return summary

@@ -18,10 +18,34 @@ def _with_input_shape(model, input_shape):
     return keras.models.clone_model(model, input_tensors=inputs)
 
 
+_MAC_LAYERS = (layers.Conv2D, layers.DepthwiseConv2D, layers.Conv2DTranspose, layers.Dense)
+
+
+def _positions(shape):
+    positions = 1
+    for d in shape[1:-1]:
+        positions *= d
+    return positions
+
+
+def _macs(layer, in_shape, out_shape):
+    """Multiply-accumulates of one call of a conv/dense layer (no bias)."""
+    if isinstance(layer, layers.DepthwiseConv2D):
+        kh, kw = layer.kernel_size
+        return _positions(out_shape) * out_shape[-1] * kh * kw
+    if isinstance(layer, layers.Conv2D):
+        kh, kw = layer.kernel_size
+        return _positions(out_shape) * out_shape[-1] * kh * kw * in_shape[-1] // layer.groups
+    if isinstance(layer, layers.Conv2DTranspose):  # every input pixel scatters a kh x kw x C_out patch
+        kh, kw = layer.kernel_size
+        return _positions(in_shape) * in_shape[-1] * kh * kw * out_shape[-1]
+    return _positions(out_shape) * in_shape[-1] * out_shape[-1]
+
+
 def count_macs(model, input_shape=None, by_layer=False):
     """Multiply-accumulates of one forward pass at batch size 1.
 
-    Counts convolutions (dense and depthwise) and dense layers, without biases, norms,
+    Counts convolutions (dense, depthwise and transposed) and dense layers, without biases, norms,
     activations, pooling or resizing: the convention behind the "0.42 GFLOPs" of LiteNeXt (its
     412.27 M conv/linear MACs at 256x256, measured on the reference code with forward hooks).
 
@@ -41,27 +65,16 @@ def count_macs(model, input_shape=None, by_layer=False):
     model = _with_input_shape(model, input_shape)
     per_layer = {}
     for layer in model.layers:
-        if not isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)):
+        if not isinstance(layer, _MAC_LAYERS):
             continue
-        for node_index in range(len(layer._inbound_nodes)):
-            in_shape = layer._inbound_nodes[node_index].input_tensors[0].shape
-            out_shape = layer._inbound_nodes[node_index].output_tensors[0].shape
+        for node in layer._inbound_nodes:
+            in_shape = node.input_tensors[0].shape
+            out_shape = node.output_tensors[0].shape
             if any(d is None for d in out_shape[1:]):
                 raise ValueError(
                     f"count_macs: {layer.name!r} has an unknown output size {out_shape}; pass input_shape=(height, width, channels)."
                 )
-            positions = 1
-            for d in out_shape[1:-1]:
-                positions *= d
-            if isinstance(layer, layers.DepthwiseConv2D):
-                kh, kw = layer.kernel_size
-                macs = positions * out_shape[-1] * kh * kw
-            elif isinstance(layer, layers.Conv2D):
-                kh, kw = layer.kernel_size
-                macs = positions * out_shape[-1] * kh * kw * in_shape[-1] // layer.groups
-            else:
-                macs = positions * in_shape[-1] * out_shape[-1]
-            per_layer[layer.name] = per_layer.get(layer.name, 0) + macs
+            per_layer[layer.name] = per_layer.get(layer.name, 0) + _macs(layer, in_shape, out_shape)
     total = sum(per_layer.values())
     return (total, per_layer) if by_layer else total
 

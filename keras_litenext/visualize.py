@@ -39,6 +39,62 @@ def overlay(image, pred_mask, true_mask=None, alpha=0.35):
     return out
 
 
+def class_colors(num_classes):
+    """RGB colours of classes 1..K-1 (class 0, the background, is never tinted): the first is
+    `PRED_COLOR`, then well-separated hues."""
+    base = [PRED_COLOR, (0, 160, 255), (255, 200, 0), (180, 0, 255), (0, 220, 160), (255, 120, 0), (120, 255, 0)]
+    colors = [(0, 0, 0)]
+    for i in range(1, num_classes):
+        if i - 1 < len(base):
+            colors.append(base[i - 1])
+        else:
+            hue = int(180 * ((i * 0.618) % 1.0))
+            colors.append(tuple(int(v) for v in cv2.cvtColor(np.uint8([[[hue, 255, 255]]]), cv2.COLOR_HSV2RGB)[0, 0]))
+    return colors
+
+
+def overlay_labels(image, labels, num_classes, true_labels=None, alpha=0.35):
+    """`overlay` for label maps: two classes as `overlay`; more get one tint and outline per
+    class (`class_colors`), and the true class outlines in the same colours, thinner inside a
+    white halo when `true_labels` is given."""
+    labels = np.squeeze(np.asarray(labels))
+    if num_classes <= 2:
+        return overlay(image, labels, true_labels, alpha=alpha)
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        img = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = img[..., None]
+    img = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3].copy()
+    colors = class_colors(num_classes)
+    tint = img.astype(np.float32)
+    for c in range(1, num_classes):
+        where = labels == c
+        tint[where] = (1 - alpha) * tint[where] + alpha * np.array(colors[c], np.float32)
+    out = np.ascontiguousarray(tint.astype(np.uint8))
+    if true_labels is not None:
+        gt = np.squeeze(np.asarray(true_labels))
+        for c in range(1, num_classes):
+            contours, _ = cv2.findContours((gt == c).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    return out
+
+
+def add_legend(rgb, class_names, colors=None):
+    """`rgb` with a strip below it naming each foreground class next to its colour."""
+    rgb = np.asarray(rgb)
+    colors = colors or class_colors(len(class_names))
+    h, w = rgb.shape[:2]
+    row = 18
+    entries = list(enumerate(class_names))[1:]
+    strip = np.full((row * len(entries) + 4, w, 3), 255, np.uint8)
+    for k, (c, name) in enumerate(entries):
+        y = 2 + k * row
+        cv2.rectangle(strip, (4, y + 3), (16, y + 15), tuple(int(v) for v in colors[c]), -1)
+        cv2.putText(strip, f"{c}: {name}", (22, y + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([rgb, strip], axis=0)
+
+
 def save_png(path, rgb):
     """Write an RGB (H, W, 3) or grey (H, W) uint8 image as PNG, atomically."""
     rgb = np.asarray(rgb)
@@ -49,8 +105,8 @@ def save_png(path, rgb):
         buf.tofile(tmp)
 
 
-def save_grid(path, tiles, columns=4, pad=2):
-    """Save equally sized RGB tiles as one PNG grid."""
+def save_grid(path, tiles, columns=4, pad=2, legend=None):
+    """Save equally sized RGB tiles as one PNG grid (with a class legend below, if given)."""
     if not tiles:
         return
     h, w = tiles[0].shape[:2]
@@ -60,7 +116,7 @@ def save_grid(path, tiles, columns=4, pad=2):
     for i, tile in enumerate(tiles):
         r, c = divmod(i, columns)
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = tile
-    save_png(path, grid)
+    save_png(path, add_legend(grid, legend) if legend else grid)
 
 
 def plot_history(csv_path, png_path):

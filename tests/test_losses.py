@@ -1,5 +1,6 @@
 """Tests of keras_litenext.losses against hand-computed maps and independent NumPy formulas."""
 
+import itertools
 import json
 import os
 import pathlib
@@ -59,7 +60,7 @@ def np_dice(y, p, smooth=1e-6):
     return (2 * (p * y).sum(axes) + smooth) / (p.sum(axes) + y.sum(axes) + smooth)
 
 
-def np_mwl(y, z, k=7, wm=2.0, wo=3.0, wb=5.0, dice_weight=1.0, per_image=False):
+def np_mwl(y, z, k=7, wm=5.0, wo=3.0, wb=2.0, dice_weight=1.0, per_image=False):
     y, z = y.astype(np.float64), z.astype(np.float64)
     w = np_weight_map(y, k, wm, wo, wb)
     values = (w * np_bce_logits(y, z)).mean(axis=(1, 2, 3)) + dice_weight * (1 - np_dice(y, np_sigmoid(z)))
@@ -129,11 +130,16 @@ def test_weight_map_square_pixel_counts(weights):
     assert w[6, 6] == wb and w[6, 15] == wb and w[25, 15] == wb
 
 
-def test_weight_map_defaults_are_reference():
+def test_default_weights_emphasise_the_margin():
+    assert L.MWL_WEIGHTS == (5.0, 3.0, 2.0)
     m = np.zeros((1, 32, 32, 1), np.float32)
     m[:, 10:22, 10:22] = 1
     w = to_np(marginal_weight_map(m))[0, :, :, 0]
-    assert w[15, 15] == 3.0 and w[10, 10] == 2.0 and w[0, 0] == 5.0
+    assert w[15, 15] == 3.0 and w[10, 10] == 5.0 and w[0, 0] == 2.0
+    for loss in (MarginalWeightLoss(), get_loss("mwl"), get_loss("mwl", num_classes=3)):
+        assert (loss.w_margin, loss.w_object, loss.w_background) == (5.0, 3.0, 2.0)
+    w3 = to_np(L.multiclass_weight_map(m, 2))[0]
+    assert w3[15, 15] == 3.0 and w3[10, 10] == 5.0 and w3[0, 0] == 2.0
 
 
 def test_weight_map_hand_7x7_k3():
@@ -234,7 +240,7 @@ def test_weight_map_has_no_gradient():
     "kwargs",
     [
         {},
-        {"kernel_size": 5, "w_margin": 5.0, "w_object": 3.0, "w_background": 2.0, "dice_weight": 0.5},
+        {"kernel_size": 5, "w_margin": 2.0, "w_object": 3.0, "w_background": 5.0, "dice_weight": 0.5},
         {"kernel_size": 3, "w_margin": 7.0, "w_object": 11.0, "w_background": 13.0, "dice_weight": 0.0},
     ],
 )
@@ -245,9 +251,9 @@ def test_mwl_vs_numpy(kwargs):
         y,
         z,
         k=kwargs.get("kernel_size", 7),
-        wm=kwargs.get("w_margin", 2.0),
+        wm=kwargs.get("w_margin", 5.0),
         wo=kwargs.get("w_object", 3.0),
-        wb=kwargs.get("w_background", 5.0),
+        wb=kwargs.get("w_background", 2.0),
         dice_weight=kwargs.get("dice_weight", 1.0),
         per_image=True,
     )
@@ -445,6 +451,13 @@ JAX_SCRIPT = textwrap.dedent(
         "grad_finite": bool(np.all(np.isfinite(np.asarray(jax.grad(lambda t: mwl(y, t))(z))))),
         "map": np.asarray(marginal_weight_map(y, 5, 7.0, 11.0, 13.0)).tolist(),
     }
+    from keras_litenext.losses import get_loss, multiclass_weight_map
+    labels, z3 = data["labels"], data["z3"]
+    mc = get_loss("mwl", 3, kernel_size=5, w_margin=7.0, w_object=11.0, w_background=13.0)
+    out["mc_mwl_jit"] = float(jax.jit(lambda t: mc(labels, t))(z3))
+    out["mc_ce_dice"] = float(get_loss("ce_dice", 3, class_weights=(0.5, 1.0, 2.0))(labels, z3))
+    out["mc_grad_finite"] = bool(np.all(np.isfinite(np.asarray(jax.grad(lambda t: mc(labels, t))(z3)))))
+    out["mc_map"] = np.asarray(multiclass_weight_map(labels, 3, 5, 7.0, 11.0, 13.0)).tolist()
     print("RESULT" + json.dumps(out))
     """
 )
@@ -453,7 +466,8 @@ JAX_SCRIPT = textwrap.dedent(
 def test_losses_on_jax_backend(tmp_path):
     pytest.importorskip("jax")
     y, z = random_batch(11, shape=(2, 16, 16, 1))
-    np.savez(tmp_path / "data.npz", y=y, z=z)
+    labels, z3 = random_labels(19, shape=(2, 16, 16))
+    np.savez(tmp_path / "data.npz", y=y, z=z, labels=labels, z3=z3)
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
@@ -477,9 +491,255 @@ def test_losses_on_jax_backend(tmp_path):
     assert out["focal"] == pytest.approx(float(FocalLoss()(y, z)), abs=1e-5)
     assert out["grad_finite"]
     np.testing.assert_array_equal(np.asarray(out["map"]), np_weight_map(y, 5, 7.0, 11.0, 13.0))
+    w3 = np_multiclass_map(labels, 3, 5, 7.0, 11.0, 13.0)
+    np.testing.assert_array_equal(np.asarray(out["mc_map"]), w3)
+    ce, dice = np_ce_dice(labels, z3, 3, pixel_weights=w3)
+    assert out["mc_mwl_jit"] == pytest.approx((ce + dice).mean(), rel=1e-5)
+    ce, dice = np_ce_dice(labels, z3, 3, class_weights=(0.5, 1.0, 2.0))
+    assert out["mc_ce_dice"] == pytest.approx((ce + dice).mean(), rel=1e-5)
+    assert out["mc_grad_finite"]
 
 
 def test_module_uses_keras_only():
     source = pathlib.Path(L.__file__).read_text()
     assert not re.search(r"^\s*(import|from)\s+(tensorflow|jax|torch)\b", source, re.M)
     assert "tf.keras" not in source and "import_module" not in source
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-class (softmax) losses
+# ----------------------------------------------------------------------------------------------
+def np_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_one_hot(labels, k):
+    labels = labels.reshape(labels.shape[:3]).astype(np.int64)
+    return (labels[..., None] == np.arange(k)).astype(np.float64)
+
+
+def np_multiclass_map(labels, k_classes, k, wm, wo, wb):
+    """Independent construction: pad the index map with background, then one class at a time."""
+    labels = labels.reshape(labels.shape[:3]).astype(np.int64)
+    before, after = (k - 1) // 2, k - 1 - ((k - 1) // 2)
+    padded = np.pad(labels, ((0, 0), (before, after), (before, after)), constant_values=0)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(1, 2))
+    margin = np.zeros(labels.shape, bool)
+    for c in range(k_classes):
+        inside = windows == c
+        margin |= inside.any(axis=(-1, -2)) & ~inside.all(axis=(-1, -2))
+    return np.where(margin, wm, np.where(labels > 0, wo, wb)).astype(np.float64)
+
+
+def np_ce_dice(labels, z, k, class_weights=None, pixel_weights=None, smooth=1e-6):
+    """Per-image (CE, 1 - mean foreground soft Dice) in float64."""
+    y = np_one_hot(labels, k)
+    p = np_softmax(z.astype(np.float64))
+    ce = -(y * np.log(p)).sum(-1)
+    if class_weights is not None:
+        ce = ce * (y * np.asarray(class_weights, np.float64)).sum(-1)
+    if pixel_weights is not None:
+        ce = ce * pixel_weights
+    inter = (y * p).sum((1, 2))[:, 1:]
+    den = (y.sum((1, 2)) + p.sum((1, 2)))[:, 1:]
+    dice = ((2 * inter + smooth) / (den + smooth)).mean(-1)
+    return ce.mean((1, 2)), 1 - dice
+
+
+def random_labels(seed, shape=(3, 20, 20), k=3, scale=2.0):
+    """Index maps of rectangles of classes 1..k-1 (some touching the border) and loosely correlated logits."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.int64)
+    for b in range(shape[0]):
+        for _ in range(4):
+            r, c = rng.integers(-2, shape[1] - 3), rng.integers(-2, shape[2] - 3)
+            h, w = rng.integers(3, 10), rng.integers(3, 10)
+            labels[b, max(r, 0) : r + h, max(c, 0) : c + w] = rng.integers(1, k)
+    z = scale * rng.normal(size=shape + (k,)) + 2.0 * (np_one_hot(labels, k) - 0.5)
+    return labels, z.astype(np.float32)
+
+
+def test_multiclass_map_hand_3_classes():
+    labels = np.zeros((1, 10, 12), np.float32)
+    labels[0, 2:7, 2:5] = 1  # 5 x 3 block of class 1
+    labels[0, 2:7, 5:9] = 2  # 5 x 4 block of class 2, touching it
+    expected = np.full((10, 12), 13.0)  # background outside the dilated objects
+    expected[1:8, 1:10] = 7.0  # bands of all classes, the class 1 / class 2 interface included
+    expected[3:6, 3] = 11.0  # eroded class 1
+    expected[3:6, 6:8] = 11.0  # eroded class 2
+    w = to_np(L.multiclass_weight_map(labels[..., None], 3, 3, w_margin=7, w_object=11, w_background=13))
+    np.testing.assert_array_equal(w[0], expected)
+    # The binary map of the union would call the interface object (columns 4 and 5).
+    binary = to_np(marginal_weight_map((labels > 0)[..., None].astype(np.float32), 3, 7, 11, 13))[0, :, :, 0]
+    assert np.all(binary[3:6, 3:8] == 11.0)
+
+
+@pytest.mark.parametrize("k", [3, 4, 7])
+def test_multiclass_map_k2_equals_binary_map(k):
+    rng = np.random.default_rng(k)
+    fg = (rng.random((2, 13, 11, 1)) > 0.35).astype(np.float32)
+    fg[0, :, :4] = 1  # touching three borders
+    expected = to_np(marginal_weight_map(fg, k, 7, 11, 13))[..., 0]
+    for labels in (fg, fg[..., 0].astype(np.int32), np.concatenate([1 - fg, fg], -1)):
+        np.testing.assert_array_equal(to_np(L.multiclass_weight_map(labels, 2, k, 7, 11, 13)), expected)
+    np.testing.assert_array_equal(expected, np_weight_map(fg, k, 7, 11, 13)[..., 0])
+
+
+@pytest.mark.parametrize("k", [3, 4, 7])
+def test_multiclass_map_random_vs_numpy(k):
+    labels, _ = random_labels(k, shape=(2, 17, 15), k=4)
+    got = to_np(L.multiclass_weight_map(labels.astype(np.float32), 4, k, 7, 11, 13))
+    np.testing.assert_array_equal(got, np_multiclass_map(labels, 4, k, 7, 11, 13))
+
+
+def test_multiclass_losses_k2_equal_binary_losses_on_logit_difference():
+    y, z = random_batch(12, shape=(3, 16, 16, 1))
+    z0 = np.random.default_rng(1).normal(size=z.shape).astype(np.float32)
+    z2 = np.concatenate([z0, z0 + z], -1)  # softmax([z0, z0 + z])[1] = sigmoid(z)
+    custom = {"kernel_size": 5, "w_margin": 7, "w_object": 11, "w_background": 13}
+    pairs = [
+        (MarginalWeightLoss(**custom), {"name": "mwl", **custom}),
+        (MarginalWeightLoss(), {"name": "mwl"}),
+        (BCEDiceLoss(), {"name": "ce_dice"}),
+        (DiceLoss(), {"name": "dice"}),
+        (get_loss("bce"), {"name": "ce"}),
+    ]
+    for binary, kwargs in pairs:
+        multi = get_loss(num_classes=2, **kwargs)
+        expected = float(binary(y, z))
+        for labels in (y, y[..., 0].astype(np.int32)):
+            assert float(multi(labels, z2)) == pytest.approx(expected, rel=1e-5, abs=1e-6), kwargs
+
+
+def test_ce_dice_vs_numpy_class_weights_and_sample_weight():
+    labels, z = random_labels(13)
+    cw = (0.5, 2.0, 3.0)
+    ce, dice = np_ce_dice(labels, z, 3, class_weights=cw)
+    loss = L.CEDiceLoss(3, class_weights=cw, ce_weight=0.7, dice_weight=1.3, reduction=None)
+    np.testing.assert_allclose(to_np(loss(labels[..., None].astype(np.float32), z)), 0.7 * ce + 1.3 * dice, rtol=1e-5)
+    ce1, dice1 = np_ce_dice(labels, z, 3)
+    sw = np.array([1.0, 0.0, 2.0], np.float32)
+    got = float(get_loss("ce_dice", 3)(labels, z, sample_weight=sw))
+    assert got == pytest.approx(((ce1 + dice1) * sw).sum() / 3, rel=1e-5)
+    assert float(get_loss("ce", 3, class_weights=cw)(labels, z)) == pytest.approx(ce.mean(), rel=1e-5)
+    assert float(get_loss("dice", 3)(labels, z)) == pytest.approx(dice1.mean(), rel=1e-5)
+    probs = np_softmax(z.astype(np.float64)).astype(np.float32)
+    assert float(get_loss("ce_dice", 3, from_logits=False)(labels, probs)) == pytest.approx(
+        (ce1 + dice1).mean(), rel=1e-4
+    )
+    # Hand values: a perfect hard prediction has Dice loss 0; predicting only background gives 1.
+    one_hot = np_one_hot(labels, 3).astype(np.float32)
+    assert float(get_loss("dice", 3, from_logits=False)(labels, one_hot)) == pytest.approx(0.0, abs=1e-6)
+    background = np.zeros_like(one_hot)
+    background[..., 0] = 1
+    assert float(get_loss("dice", 3, from_logits=False)(labels, background)) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("dice_weight", [1.0, 0.0])
+def test_multiclass_mwl_vs_numpy(dice_weight):
+    labels, z = random_labels(14, k=4)
+    w = np_multiclass_map(labels, 4, 5, 7, 11, 13)
+    ce, dice = np_ce_dice(labels, z, 4, pixel_weights=w)
+    loss = get_loss("mwl", 4, kernel_size=5, w_margin=7, w_object=11, w_background=13, dice_weight=dice_weight)
+    assert float(loss(labels.astype(np.float32), z)) == pytest.approx((ce + dice_weight * dice).mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mwl", "ce_dice", "dice", "ce"])
+def test_multiclass_losses_decrease_and_are_finite(name):
+    labels, _ = random_labels(15, shape=(2, 16, 16), k=3)
+    noise = np.random.default_rng(0).normal(size=labels.shape + (3,))
+    loss = get_loss(name, num_classes=3)
+    values = []
+    for t in (0.0, 1.0, 2.0, 4.0, 8.0):
+        z = (t * (2 * np_one_hot(labels, 3) - 1) + noise).astype(np.float32)
+        values.append(float(loss(labels, z)))
+    assert all(np.isfinite(values)) and all(a > b for a, b in itertools.pairwise(values)), values
+    extreme = np.where(np.random.default_rng(1).random(labels.shape + (3,)) > 0.5, 80.0, -80.0).astype(np.float32)
+    extreme[0, 0, 0] = 1e4
+    g = grad_of(lambda t: loss(labels, t), extreme)
+    assert np.isfinite(float(loss(labels, extreme))) and np.all(np.isfinite(g))
+    assert np.isfinite(float(loss(np.zeros_like(labels), extreme)))  # only background
+
+
+def test_multiclass_mixed_precision_and_errors():
+    labels, z = random_labels(16, shape=(2, 12, 12))
+    z16 = z.astype(np.float16)
+    for name in MULTICLASS:
+        loss = get_loss(name, num_classes=3)
+        out = loss(labels, z16)
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"
+        assert float(out) == pytest.approx(float(loss(labels, z16.astype(np.float32))), rel=1e-6)
+    assert float(get_loss("mwl", 3, dtype="mixed_float16")(labels, z16)) == pytest.approx(
+        float(get_loss("mwl", 3)(labels, z)), rel=1e-2
+    )
+    with pytest.raises(ValueError, match=r"num_classes=3.*available: mwl, ce_dice, dice, ce\."):
+        get_loss("focal", num_classes=3)
+    with pytest.raises(ValueError, match=r"num_classes=1.*available: mwl, bce_dice, dice, bce, tversky, focal\."):
+        get_loss("ce_dice")
+    with pytest.raises(ValueError, match="num_classes"):
+        get_loss("dice", num_classes=0)
+    with pytest.raises(ValueError, match="class_weights"):
+        get_loss("ce", 3, class_weights=(1.0, 2.0))
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 4\)"):
+        get_loss("ce_dice", 4)(labels, z)
+
+
+MULTICLASS = ("mwl", "ce_dice", "dice", "ce")
+
+
+def test_multiclass_registry():
+    assert L.MULTICLASS_LOSSES == MULTICLASS
+    assert L.LOSSES == ("mwl", "bce_dice", "dice", "bce", "tversky", "focal")
+    expected = {
+        "mwl": L.MultiClassMarginalWeightLoss,
+        "ce_dice": L.CEDiceLoss,
+        "dice": L.MultiClassDiceLoss,
+        "ce": L.SoftmaxCrossEntropyLoss,
+    }
+    for name, cls in expected.items():
+        loss = get_loss(name.upper().replace("_", "-"), num_classes=5)
+        assert type(loss) is cls and loss.num_classes == 5 and loss.get_config()["num_classes"] == 5
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        L.MultiClassMarginalWeightLoss(3, kernel_size=5, w_margin=2, w_object=3, w_background=5, dice_weight=0.5),
+        L.CEDiceLoss(3, class_weights=(0.2, 1.0, 4.0), ce_weight=0.5, smooth=1.0),
+        L.MultiClassDiceLoss(3, smooth=1.0, reduction="sum"),
+        L.SoftmaxCrossEntropyLoss(3, class_weights=(1, 2, 3)),
+    ],
+    ids=lambda loss: type(loss).__name__,
+)
+def test_multiclass_serialization_round_trip(loss):
+    labels, z = random_labels(17, shape=(2, 12, 12))
+    blob = keras.saving.serialize_keras_object(loss)
+    assert blob["registered_name"] == f"keras_litenext>{type(loss).__name__}"
+    restored = keras.saving.deserialize_keras_object(json.loads(json.dumps(blob)))
+    assert type(restored) is type(loss) and restored.get_config() == loss.get_config()
+    assert float(restored(labels, z)) == pytest.approx(float(loss(labels, z)), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
+def test_multiclass_compiled_model_saves_and_loads(tmp_path):
+    """Loss and metrics, evaluated in compiled (XLA) mode before and after a `.keras` round trip."""
+    from keras_litenext.metrics import get_metrics
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 3, padding="same")(inputs))
+    loss = get_loss("mwl", num_classes=3, kernel_size=3, w_margin=4.0)
+    metrics = get_metrics(num_classes=3, class_names=("background", "Nucleus", "boundary"))
+    model.compile(optimizer="adam", loss=loss, metrics=metrics, jit_compile=True)
+    labels, z = random_labels(18, shape=(4, 8, 8))
+    y = labels[..., None].astype(np.float32)
+    before = model.evaluate(z, y, verbose=0, return_dict=True)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded.loss, L.MultiClassMarginalWeightLoss)
+    assert loaded.loss.get_config() == loss.get_config()
+    after = loaded.evaluate(z, y, verbose=0, return_dict=True)
+    assert set(after) == {"loss", "dice", "iou", "precision", "recall", "dice_nucleus", "dice_boundary"}
+    for key, value in before.items():
+        assert after[key] == pytest.approx(value, rel=1e-5), key

@@ -217,15 +217,24 @@ def test_qat_finetune_trains_from_calibrated_ranges():
     assert np.isfinite(run_eager(qat, images)).all()
 
 
-def test_rsqrt_range_end_is_chosen_by_validation_dice(tiny):
+def test_rsqrt_range_end_is_chosen_by_an_injected_score(tiny):
     # Flat black pixels push 1/sqrt(variance) up (towards 1/sqrt(epsilon) as the variance nears 0): a
     # quantile as the range end leaves the typical values more int8 steps than the max does.
     images, masks = blob_images(n=8)
     images[:, :, :16] = 0.0  # half of every image flat black
     masks[:, :, :16] = 0.0
     qat = Q.quantize_model(tiny)
-    scores = Q.choose_rsqrt_quantile(qat, images, images, masks, candidates=(None, 0.3), steps=1)
-    assert set(scores) == {None, 0.3} and all(0.0 <= v <= 1.0 or np.isnan(v) for v in scores.values())
+    calls = []
+
+    def dice(model):  # the caller's score (here: mean Dice of the thresholded logits)
+        calls.append(model)
+        pred = run_eager(model, images) > 0
+        inter = (pred * masks).sum(axis=(1, 2, 3))
+        return float(np.mean(2 * inter / (pred.sum(axis=(1, 2, 3)) + masks.sum(axis=(1, 2, 3)) + 1e-6)))
+
+    scores = Q.choose_rsqrt_quantile(qat, images, dice, candidates=(None, 0.3), steps=1)
+    assert set(scores) == {None, 0.3} and all(0.0 <= v <= 1.0 for v in scores.values())
+    assert len(calls) == 2 and all(m is qat for m in calls)
     best = max(scores, key=scores.get)
     norms = [layer for layer in qat.layers if isinstance(layer, Q.QuantChannelLayerNorm)]
     assert all(layer.rsqrt_quantile == best for layer in norms)

@@ -247,3 +247,76 @@ def test_evaluate_and_predict_clis(trained_run, tmp_path):
         mask = cv2.imread(str(out / "a_mask.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (50, 70) and set(np.unique(mask)) <= {0, 255}
         assert (out / "a_overlay.png").exists()
+
+
+def test_best_keras_is_the_best_validation_epoch(trained_run):
+    """best.keras must hold the epoch with the highest val_dice, not the last one: re-scoring it
+    on the val split with the same streaming metric gives the history's maximum."""
+    from keras_litenext.runs import Run
+
+    run_dir, _ = trained_run
+    run = Run.open(run_dir)
+    history = read_history(run_dir)
+    val = [float(r["val_dice"]) for r in history]
+    model = run.load_model()
+    model.compile(metrics=run.task.metrics())
+    from keras_litenext.training import build_datasets
+
+    _, val_ds = build_datasets(run.config, run.arrays())
+    score = model.evaluate(val_ds, verbose=0, return_dict=True)["dice"]
+    assert score == pytest.approx(max(val), abs=1e-5)
+    best_epoch = int(np.argmax(val))
+    if any(abs(v - max(val)) > 1e-4 for v in val[best_epoch + 1:]):
+        assert score != pytest.approx(val[-1], abs=1e-4)
+
+
+def make_multiclass_dataset(folder, n=20, size=32, seed=1):
+    """Discs (class 1, "nucleus") with a 2-pixel rim (class 2, "rim"); classes.json beside them."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder / "images", exist_ok=True)
+    os.makedirs(folder / "masks", exist_ok=True)
+    for i in range(n):
+        label = np.zeros((size, size), np.uint8)
+        for _ in range(rng.integers(1, 3)):
+            c, r = rng.integers(8, size - 8, 2), int(rng.integers(4, 7))
+            cv2.circle(label, (int(c[0]), int(c[1])), r, 2, -1)
+            cv2.circle(label, (int(c[0]), int(c[1])), r - 2, 1, -1)
+        image = rng.normal(30, 8, (size, size, 3)) + (label[..., None] == 1) * 180 + (label[..., None] == 2) * 90
+        cv2.imwrite(str(folder / "images" / f"img{i:03d}.png"), np.clip(image, 0, 255).astype(np.uint8))
+        cv2.imwrite(str(folder / "masks" / f"img{i:03d}.png"), label)
+    (folder / "classes.json").write_text(json.dumps({"0": "background", "1": "nucleus", "2": "rim"}))
+    return folder
+
+
+def test_multiclass_run_end_to_end_with_evaluate_and_predict(tmp_path):
+    """A 3-class dataset with classes.json trains a 3-logit model; metrics, evaluation and
+    prediction carry the class names; predict writes class-index masks at the input's size."""
+    from importlib.machinery import SourceFileLoader
+
+    data = make_multiclass_dataset(tmp_path / "data", n=20)
+    run = tmp_path / "run"
+    summary = train(TrainConfig(data=str(data), output=str(run), epochs=3, lr=3e-3, **TINY))
+    config = json.loads((run / "config.json").read_text())
+    assert config["task"] == "multiclass" and config["class_names"] == ["background", "nucleus", "rim"]
+    assert keras.saving.load_model(run / "best.keras").output_shape[-1] == 3
+    history = read_history(run)
+    assert {"val_dice", "val_dice_nucleus", "val_dice_rim"} <= set(history[0])
+    assert float(history[-1]["loss"]) < float(history[0]["loss"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("dice", "hd95", "dice_nucleus", "dice_rim", "iou_rim"):
+        assert key in metrics and key in metrics["per_image"], key
+    assert summary["class_names"] == ["background", "nucleus", "rim"]
+
+    evaluate = SourceFileLoader("evaluate", os.path.join(ROOT, "training", "evaluate.py")).load_module()
+    assert evaluate.main([str(run), "--json", str(tmp_path / "eval.json")]) == 0
+    ours = json.loads((tmp_path / "eval.json").read_text())
+    assert ours["dice_rim"]["mean"] == pytest.approx(metrics["dice_rim"]["mean"], abs=1e-6)
+    predict = SourceFileLoader("predict", os.path.join(ROOT, "training", "predict.py")).load_module()
+    big = make_multiclass_dataset(tmp_path / "big", n=1, size=48, seed=5) / "images"
+    for mode in ("resize", "pad", "tile"):
+        out = tmp_path / f"pred_{mode}"
+        assert predict.main([str(run), str(big), "--output", str(out), "--mode", mode]) == 0
+        mask = cv2.imread(str(out / "img000_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (48, 48) and set(np.unique(mask)) <= {0, 1, 2}
+        overlay = cv2.imread(str(out / "img000_overlay.png"))
+        assert overlay.shape[0] > 48 and overlay.shape[1] == 48  # the legend strip below the picture

@@ -17,12 +17,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the output
 
 import argparse
-import json
 import sys
 
 from keras_litenext import data as data_lib
-from keras_litenext.inference import MODES, evaluate_native, load_run
+from keras_litenext.inference import MODES, evaluate_native
 from keras_litenext.metrics import evaluate_model
+from keras_litenext.runs import RunError, file_run, open_source
 from keras_litenext.utils import write_json
 
 
@@ -39,36 +39,56 @@ def main(argv=None):
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     try:
-        model, config = load_run(args.model)
-        data_dir = args.data or config.get("data")
-        if not data_dir:
-            raise ValueError("pass --data: a .keras file does not say which dataset it was trained on.")
-        split = args.split or ("test" if config else "all")
-        splits_file = args.splits or (os.path.join(args.model, "splits.json") if os.path.isdir(args.model) else None)
-        h, w, channels = model.input_shape[1:]
-        pairs = data_lib.find_pairs(data_dir, masks_suffix=args.masks_suffix or config.get("masks_suffix", ""), skip_bad=args.skip_bad)
-        threshold = args.mask_threshold if args.mask_threshold is not None else config.get("mask_threshold", 0)
+        model, run = open_source(args.model, data=args.data)
+        if run is None:
+            if not args.data:
+                raise ValueError("pass --data: a .keras file does not say which dataset it was trained on.")
+            run = file_run(model, args.data)
+        cfg = run.config
+        if args.masks_suffix is not None:
+            cfg.masks_suffix = args.masks_suffix
+        if args.mask_threshold is not None:
+            cfg.mask_threshold = args.mask_threshold
+        if args.splits:
+            cfg.splits = args.splits
+        task = run.task
+        split = args.split or ("all" if run.path is None else "test")
+        images, masks, stems, _ = run.load_data(image_size=None if args.mode else "train", skip_bad=args.skip_bad or None)
         if split != "all":
-            if not splits_file:
+            splits = run.splits()
+            if splits is None:
                 raise ValueError(f"--split {split} needs --splits (a .keras file has no splits.json).")
-            wanted = set(data_lib.load_splits(splits_file)[split])
-            pairs = [pair for pair in pairs if pair.stem in wanted]
-        size = None if args.mode else (h, w)
-        images, masks, stems, _ = data_lib.load_pairs(pairs, size, channels=channels, mask_threshold=threshold, skip_bad=args.skip_bad)
+            wanted = set(splits[split])
+            keep = [i for i, stem in enumerate(stems) if stem in wanted]
+            images = [images[i] for i in keep] if args.mode else images[keep]
+            masks = [masks[i] for i in keep] if args.mode else masks[keep]
         if args.mode:
-            results = evaluate_native(model, images, masks, mode=args.mode)
+            results = evaluate_native(model, images, masks, mode=args.mode, task=task)
         else:
-            results = evaluate_model(model, (images.astype("float32") / 255.0, masks.astype("float32")))
-    except (data_lib.DatasetError, FileNotFoundError, ValueError, TypeError) as err:
+            kwargs = {"class_names": task.class_names} if task.output_channels > 1 else {}
+            results = evaluate_model(model, (images.astype("float32") / 255.0, masks.astype("float32")), **kwargs)
+    except (data_lib.DatasetError, FileNotFoundError, RunError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    results = {"model": args.model, "data": os.path.abspath(data_dir), "split": split, "mode": args.mode or "model size", **results}
-    for name in ("dice", "iou", "precision", "recall"):
-        print(f"{name:>9}: {results[name]['mean']:.4f} ± {results[name]['std']:.4f}")
+    results = {"model": args.model, "data": os.path.abspath(cfg.data), "split": split, "mode": args.mode or "model size",
+               "task": task.name, "class_names": list(task.class_names), **results}
+    for name in ("dice", "iou", "precision", "recall", "hd95"):
+        if name in results:
+            print(f"{name:>9}: {results[name]['mean']:.4f} ± {results[name]['std']:.4f}")
+    for cls in task.foreground_names if task.output_channels > 1 else ():
+        key = next((k for k in results if k.startswith("dice_") and k[5:] == _slug(cls)), None)
+        if key:
+            print(f"{'Dice ' + cls:>9}: {results[key]['mean']:.4f} ± {results[key]['std']:.4f}")
     print(f"{results['counted']} of {results['images']} images counted (empty ground truth left out)")
     if args.json:
         write_json(args.json, results)
     return 0
+
+
+def _slug(name):
+    from keras_litenext.tasks import _slug as slug
+
+    return slug(name)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ CPU. For your own data, point --data at a folder with images/ and masks/ (paired
 
     python training/fit.py --data path/to/dataset --image-size 256 --epochs 100
     python training/fit.py --data kvasir --masks-suffix _mask --mask-threshold 127 --skip-bad
+    python training/fit.py --data bbbc039_3class --image-size 256   # classes from classes.json
+    python training/fit.py --data my_data --num-classes 4 --palette colours.json
     python training/fit.py --output runs/mine --resume          # continue a killed run
 
 Everything a run writes goes into one folder (--output): best.keras (best validation Dice),
@@ -22,7 +24,7 @@ import json
 import sys
 
 from keras_litenext.data import DatasetError
-from keras_litenext.losses import LOSSES
+from keras_litenext.losses import LOSSES, MULTICLASS_LOSSES, MWL_WEIGHTS
 from keras_litenext.models import list_models
 from keras_litenext.training import NonFiniteLossError, TrainConfig, train
 
@@ -40,14 +42,20 @@ def parser():
     g.add_argument("--channels", type=int, default=d.channels, choices=(1, 3), help="1 = grey, 3 = RGB (default: %(default)s)")
     g.add_argument("--masks-suffix", default=d.masks_suffix, help="mask file = image stem + this suffix, e.g. _segmentation")
     g.add_argument("--mask-threshold", type=int, default=d.mask_threshold, help="mask pixels above this are foreground (default: %(default)s; use 127 for JPEG masks)")
+    g.add_argument("--num-classes", type=int, help="classes including the background, masks hold 0..K-1 (default: from classes.json beside the data, else 2 = binary)")
+    g.add_argument("--task", choices=("binary", "multiclass"), help="default: binary for 2 classes (1 logit, sigmoid), multiclass for more (K logits, softmax)")
+    g.add_argument("--palette", help='colour masks: JSON file mapping each colour to a class, e.g. {"255,0,0": 1, "#00ff00": 2}')
     g.add_argument("--splits", help="JSON file with train/val/test lists of file stems (default: a seeded split)")
     g.add_argument("--split", type=floats, default=d.split, help="train,val,test fractions (default: 0.8,0.1,0.1)")
     g.add_argument("--skip-bad", action="store_true", help="skip unreadable or unpaired files with a warning instead of stopping")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="turn off flips, rotation, zoom, brightness/contrast and blur")
     g = p.add_argument_group("model and loss")
     g.add_argument("--model", default=d.model, choices=list_models(), help="(default: %(default)s)")
-    g.add_argument("--loss", default=d.loss, choices=LOSSES, help="mwl = Marginal Weight Loss (weighted BCE + Dice) (default: %(default)s)")
-    g.add_argument("--mwl-weights", type=floats, default=d.mwl_weights, metavar="M,O,B", help="MWL weights of margin, object, background (default: %s)" % ",".join(f"{w:g}" for w in d.mwl_weights))
+    g.add_argument("--loss", default=d.loss, choices=sorted(set(LOSSES) | set(MULTICLASS_LOSSES)),
+                   help="mwl = Marginal Weight Loss (weighted cross-entropy + Dice), the default; binary: %s; multiclass: %s"
+                   % (", ".join(LOSSES), ", ".join(MULTICLASS_LOSSES)))
+    g.add_argument("--mwl-weights", type=floats, default=d.mwl_weights, metavar="M,O,B", help="MWL weights of margin, object, background (default: %s)" % ",".join(f"{w:g}" for w in MWL_WEIGHTS))
+    g.add_argument("--class-weights", type=floats, default=d.class_weights, metavar="W0,W1,...", help="multiclass: cross-entropy weight of each class")
     g.add_argument("--mwl-kernel", type=int, default=d.mwl_kernel, help="MWL margin kernel size (default: %(default)s)")
     g.add_argument("--serp", action="store_true", help="add Self-embedding Representation Parallel training (a reconstruction; training only)")
     g.add_argument("--serp-weight", type=float, default=d.serp_weight, help="weight of the SeRP loss (default: %(default)s)")

@@ -3,8 +3,9 @@
     python training/predict.py runs/my-run path/to/images --output predictions/
     python training/predict.py model.keras photo.png --mode tile
 
-For each image writes <stem>_mask.png (0/255, the input's size) and <stem>_overlay.png
-(prediction outlined in red). --mode chooses how an image of another size than the training
+For each image writes <stem>_mask.png (the input's size: 0/255 for a binary model, the class
+index 0..K-1 for a multi-class one) and <stem>_overlay.png (the prediction tinted and outlined,
+with a legend of the class colours for more than two classes). --mode chooses how an image of another size than the training
 size is handled: resize (default), pad (whole image at its own resolution) or tile
 (overlapping windows at the training size); see README, "Inference on images of any size".
 """
@@ -19,8 +20,9 @@ import sys
 import numpy as np
 
 from keras_litenext import data as data_lib
-from keras_litenext.inference import MODES, load_run, predict_image, size_agnostic
-from keras_litenext.visualize import overlay, save_png
+from keras_litenext.inference import MODES, predict_image, size_agnostic, task_of
+from keras_litenext.runs import RunError, open_source
+from keras_litenext.visualize import add_legend, overlay_labels, save_png
 
 
 def main(argv=None):
@@ -29,10 +31,13 @@ def main(argv=None):
     p.add_argument("images", help="an image file, or a folder of images")
     p.add_argument("--output", default="predictions", help="folder for the results (default: %(default)s)")
     p.add_argument("--mode", default="resize", choices=MODES, help="how to handle other sizes (default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability above which a pixel is foreground (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.5, help="binary: probability above which a pixel is foreground (default: %(default)s)")
     args = p.parse_args(argv)
     try:
-        model, _ = load_run(args.model)
+        if not 0.0 < args.threshold < 1.0:
+            raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}.")
+        model, run = open_source(args.model)
+        task = task_of(model, None if run is None else run.config)
         if os.path.isdir(args.images):
             paths = sorted(os.path.join(args.images, f) for f in os.listdir(args.images) if f.lower().endswith(data_lib.IMAGE_EXTENSIONS))
             if not paths:
@@ -41,17 +46,25 @@ def main(argv=None):
             paths = [args.images]
         channels = model.input_shape[-1]
         dynamic = size_agnostic(model) if args.mode == "pad" else None
-        logit_threshold = float(np.log(args.threshold / (1 - args.threshold)))
         os.makedirs(args.output, exist_ok=True)
         for path in paths:
             image = data_lib.read_image(path, channels=channels)
-            logits = predict_image(model, image.astype(np.float32) / 255.0, mode=args.mode, dynamic_model=dynamic)
-            mask = logits[..., 0] > logit_threshold if logits.shape[-1] == 1 else np.argmax(logits, -1) > 0
+            probs = predict_image(model, image.astype(np.float32) / 255.0, mode=args.mode, dynamic_model=dynamic)
+            if task.output_channels == 1:
+                labels = (probs[..., 0] > args.threshold).astype(np.uint8)
+                mask_png = labels * 255  # 0/255: visible in any viewer
+            else:
+                labels = task.labels_from_probabilities(probs)
+                mask_png = labels  # class indices 0..K-1, as the training masks
             stem = os.path.splitext(os.path.basename(path))[0]
-            save_png(os.path.join(args.output, f"{stem}_mask.png"), mask.astype(np.uint8) * 255)
-            save_png(os.path.join(args.output, f"{stem}_overlay.png"), overlay(image, mask))
-            print(f"{path}: {image.shape[1]}x{image.shape[0]}, foreground {mask.mean():.1%}")
-    except (data_lib.DatasetError, FileNotFoundError, ValueError) as err:
+            save_png(os.path.join(args.output, f"{stem}_mask.png"), mask_png)
+            picture = overlay_labels(image, labels, task.num_classes)
+            if task.num_classes > 2:
+                picture = add_legend(picture, task.class_names)
+            save_png(os.path.join(args.output, f"{stem}_overlay.png"), picture)
+            fractions = ", ".join(f"{n} {np.mean(labels == c):.1%}" for c, n in enumerate(task.class_names) if c)
+            print(f"{path}: {image.shape[1]}x{image.shape[0]}, {fractions}")
+    except (data_lib.DatasetError, FileNotFoundError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{len(paths)} image(s) -> {args.output}")

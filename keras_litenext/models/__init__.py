@@ -1,6 +1,28 @@
-"""Model builders. Each returns a functional `keras.Model`; `create_model(name)` looks them up."""
+"""Model families, one folder each (`litenext/`), and the registry that generic code reads.
 
-from keras_litenext.models.litenext import LiteNeXt
-from keras_litenext.models.registry import create_model, list_models, register_model
+Each family's `__init__.py` registers its `ModelSpec`; importing this package registers them
+all. `create_model(name, **kwargs)` builds one, `get_spec(name)` / `spec_of(model)` give its
+facts (size multiple, feature layers, tasks, PyTorch names).
+"""
 
-__all__ = ["LiteNeXt", "create_model", "list_models", "register_model"]
+from keras_litenext.models.registry import (
+    ModelSpec,
+    create_model,
+    feature_extractor,
+    get_spec,
+    list_models,
+    register_model,
+    spec_of,
+)
+from keras_litenext.models.litenext import LiteNeXt  # registers "litenext"
+
+__all__ = [
+    "LiteNeXt",
+    "ModelSpec",
+    "create_model",
+    "feature_extractor",
+    "get_spec",
+    "list_models",
+    "register_model",
+    "spec_of",
+]

@@ -1,99 +1,16 @@
-"""Layers and block builders shared by the models of the package.
-
-Blocks are *builders*, in the keras.applications style: a function that takes the block's
-hyper-parameters and a `name`, and returns a callable that adds standard Keras layers with
-readable names (`stage2_block1_far_conv`, ...) to a functional graph. Models therefore stay flat
-graphs of standard layers, which is what layer-by-layer tools need: the PyTorch weight importer,
-the MAC counter and the quantization-aware cloner all walk `model.layers` by type and name.
-
-Only two pieces need math of their own and are registered, serializable layers:
-
-- `ChannelLayerNorm`: layer normalisation over the channel axis, written out with `keras.ops`.
-- `ScaleWeightedSum`: the per-channel, softmax-weighted sum of multi-scale feature maps used by
-  LiteNeXt's fusion decoder.
-
-Everything here uses `keras.layers` and `keras.ops` only, so it runs on every Keras backend.
+"""LiteNeXt's own blocks (Tran et al., 2024, arXiv:2405.15779): the LGEMixer block, patch merging,
+the residual bottleneck and the multi-scale attention fusion decoder ("AttentionDC"), and the
+one layer with math of its own, `ScaleWeightedSum`, with its QAT and deployment forms and rule.
 """
 
 import keras
 from keras import layers, ops
 
+from keras_litenext.layers import ConvNormAct, torch_init
+from keras_litenext.quantization.core import QuantLayerMixin
+from keras_litenext.quantization.rules import SELF, register_quant_rule
+
 PACKAGE = "keras_litenext"
-
-
-def torch_init(fan_in):
-    """Initializers of PyTorch's `Conv2d` / `Linear` for a layer with `fan_in` inputs per output.
-
-    Kernel and bias both uniform in `+-1/sqrt(fan_in)` (kaiming-uniform with `a=sqrt(5)`), as
-    the reference models are trained from. Keras' defaults (Glorot kernel, zero bias) are not
-    just a different start here: with zero biases a convolution over an all-black patch gives
-    equal channels, the following channel LayerNorm then has zero variance and gradients of
-    ~1/sqrt(epsilon) per norm, and LiteNeXt trained on DSB 2018 at 192x192 turned NaN within
-    three steps. Returns `{"kernel_initializer": ..., "bias_initializer": ...}` for the layer.
-    """
-    bound = 1.0 / max(int(fan_in), 1) ** 0.5
-    return {
-        "kernel_initializer": keras.initializers.RandomUniform(-bound, bound),
-        "bias_initializer": keras.initializers.RandomUniform(-bound, bound),
-    }
-
-
-def _conv_fan_in(x, kernel_size, depthwise=False):
-    k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-    return k[0] * k[1] * (1 if depthwise else int(x.shape[-1]))
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class ChannelLayerNorm(layers.Layer):
-    """Layer normalisation over the last (channel) axis, with a learned scale and shift.
-
-    The same function as `keras.layers.LayerNormalization(axis=-1)`, written out as
-    mean, subtract, square, mean, rsqrt, scale and shift. The stock layer lowers to a fused
-    float op that the TFLite converter leaves in float32 (wrapped in DEQUANTIZE/QUANTIZE pairs)
-    when a model is converted to int8; this form lowers to plain MEAN/SUB/MUL/RSQRT/ADD ops that
-    quantize. LiteNeXt uses it after every convolution, with `epsilon=1e-5` (PyTorch's default,
-    which the reference model uses; Keras' own default is 1e-3).
-
-    Half-precision inputs are normalised in float32 and cast back, as Keras' own norm layers do.
-
-    Args:
-        epsilon: float, added to the variance. Defaults to `1e-5`.
-        **kwargs: standard `keras.layers.Layer` arguments (`name`, `dtype`, ...).
-
-    Example:
-    >>> x = keras.random.normal((2, 8, 8, 16))
-    >>> ChannelLayerNorm()(x).shape
-    (2, 8, 8, 16)
-    """
-
-    def __init__(self, epsilon=1e-5, **kwargs):
-        super().__init__(**kwargs)
-        self.epsilon = float(epsilon)
-
-    def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(f"{self.name}: the channel axis (last) must be known, got shape {input_shape}.")
-        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
-
-    def call(self, inputs):
-        dtype = keras.backend.standardize_dtype(inputs.dtype)
-        x = ops.cast(inputs, "float32") if dtype in ("float16", "bfloat16") else inputs
-        mean = ops.mean(x, axis=-1, keepdims=True)
-        centered = ops.subtract(x, mean)
-        variance = ops.mean(ops.square(centered), axis=-1, keepdims=True)
-        normed = ops.multiply(centered, ops.rsqrt(ops.add(variance, self.epsilon)))
-        outputs = ops.add(ops.multiply(normed, ops.cast(self.gamma, x.dtype)), ops.cast(self.beta, x.dtype))
-        return ops.cast(outputs, dtype) if dtype != keras.backend.standardize_dtype(x.dtype) else outputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"epsilon": self.epsilon})
-        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -127,45 +44,42 @@ class ScaleWeightedSum(layers.Layer):
         return input_shape[1]
 
 
-def ConvNormAct(filters, kernel_size, strides=1, padding="same", depthwise=False, dilation_rate=1, epsilon=1e-5, name=None):
-    """The CLG unit of LiteNeXt: convolution, `ChannelLayerNorm`, exact (erf) GELU.
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DeployScaleWeightedSum(ScaleWeightedSum):
+    """`ScaleWeightedSum` that takes the per-scale weights with one SPLIT instead of a
+    STRIDED_SLICE per scale (XNNPACK runs SPLIT, not STRIDED_SLICE). Same result."""
 
-    LiteNeXt (Tran et al., 2024, Fig. 1c) uses it for the stem, the down-sampling units, the
-    mixers of the LGEMixer block, the residual bottleneck and the decoder. Adds the layers
-    `{name}_conv`, `{name}_norm` and `{name}_act`.
+    def call(self, inputs):
+        weights, *values = inputs
+        fused = None
+        for w, value in zip(ops.split(weights, len(values), axis=1), values):
+            term = ops.multiply(value, ops.expand_dims(w, 1))
+            fused = term if fused is None else ops.add(fused, term)
+        return fused
 
-    Args:
-        filters: int, output channels (ignored when `depthwise=True`, which keeps the channels).
-        kernel_size: int or tuple, the convolution window.
-        strides: int, defaults to 1.
-        padding: `"same"` (default) or `"valid"`.
-        depthwise: bool, use a `DepthwiseConv2D` instead of a dense `Conv2D`. Defaults to False.
-        dilation_rate: int, defaults to 1.
-        epsilon: float, the norm's epsilon. Defaults to `1e-5`.
-        name: str, the prefix of the layers' names.
 
-    Example:
-    >>> x = keras.Input((32, 32, 3))
-    >>> ConvNormAct(16, 2, strides=2, padding="valid", name="stem")(x).shape
-    (None, 16, 16, 16)
-    """
+@register_quant_rule((ScaleWeightedSum, DeployScaleWeightedSum), output=SELF, deploy_class=DeployScaleWeightedSum)
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantScaleWeightedSum(QuantLayerMixin, ScaleWeightedSum):
+    """`ScaleWeightedSum` with a quantizer on every product and partial sum (int8 MUL / ADD)."""
 
-    def apply(x):
-        if depthwise:
-            init = torch_init(_conv_fan_in(x, kernel_size, depthwise=True))
-            x = layers.DepthwiseConv2D(
-                kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate, name=f"{name}_conv",
-                depthwise_initializer=init["kernel_initializer"], bias_initializer=init["bias_initializer"],
-            )(x)
-        else:
-            x = layers.Conv2D(
-                filters, kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate, name=f"{name}_conv",
-                **torch_init(_conv_fan_in(x, kernel_size)),
-            )(x)
-        x = ChannelLayerNorm(epsilon, name=f"{name}_norm")(x)
-        return layers.Activation("gelu", name=f"{name}_act")(x)
+    def __init__(self, decay=0.99, **kwargs):
+        super().__init__(**kwargs)
+        self._init_quant(decay)
 
-    return apply
+    def build(self, input_shape):
+        n = len(input_shape) - 1
+        self.q_products = [self._add_range(f"product{i + 1}") for i in range(n)]
+        self.q_sums = [self._add_range(f"sum{i + 1}") for i in range(1, n)]
+
+    def call(self, inputs, training=None):
+        t = bool(training)
+        weights, *values = inputs
+        fused = None
+        for i, (w, value) in enumerate(zip(ops.split(weights, len(values), axis=1), values)):
+            term = self.q_products[i](ops.multiply(value, ops.expand_dims(w, 1)), t)
+            fused = term if fused is None else self.q_sums[i - 1](ops.add(fused, term), t)
+        return fused
 
 
 def LGEMixerBlock(filters, kernel_size=7, dilation_rate=1, epsilon=1e-5, name=None):

@@ -5,45 +5,18 @@ Parallel for Medical Image Segmentation", arXiv:2405.15779; Biomedical Signal Pr
 Control, 2025.
 """
 
-import re
-
 import keras
 from keras import layers
 
-from keras_litenext.layers import (
-    ConvNormAct,
+from keras_litenext.layers import ConvNormAct, check_input_shape, torch_init
+from keras_litenext.models.litenext.litenext_layers import (
     DownsampleBlock,
     LGEMixerBlock,
     MultiScaleAttentionFusion,
     ResidualBottleneck,
-    torch_init,
 )
-from keras_litenext.models.registry import register_model
 
 STRIDE = 16  # the stem halves the input, then three down-sampling stages
-
-
-def check_input_shape(input_shape, multiple, model_name):
-    """Validate `(height, width, channels)`: channels known, height/width `None` or multiples.
-
-    Raises a `ValueError` that names the rule, so that a bad size fails when the model is
-    built rather than as a shape mismatch inside the backend.
-    """
-    if input_shape is None or len(input_shape) != 3:
-        raise ValueError(f"{model_name}: input_shape must be (height, width, channels), got {input_shape!r}.")
-    height, width, channels = input_shape
-    if channels is None or int(channels) < 1:
-        raise ValueError(f"{model_name}: the number of input channels must be known (1 for grey, 3 for RGB), got {channels!r}.")
-    bad = [f"{axis}={size}" for axis, size in (("height", height), ("width", width)) if size is not None and (int(size) <= 0 or int(size) % multiple)]
-    if bad:
-        def fix(size):
-            return size if size is None else max(multiple, -(-int(size) // multiple) * multiple)
-
-        raise ValueError(
-            f"{model_name}: input height and width must be multiples of {multiple} (the network down-samples by "
-            f"{multiple}); got {', '.join(bad)}. Resize or pad the images, e.g. to {fix(height)}x{fix(width)}."
-        )
-    return (None if height is None else int(height), None if width is None else int(width), int(channels))
 
 
 def LiteNeXt(
@@ -128,47 +101,15 @@ def LiteNeXt(
     return model
 
 
-# PyTorch state_dict names of the reference (`Models/LiteNeXt.py`) for each weighted layer.
-_MIXER_PARTS = {
-    "local_conv": "conv_local",
-    "local_norm": "ln1.layernorm",
-    "far_conv": "conv",
-    "far_norm": "ln3.layernorm",
-    "mix_conv": "conv1x1",
-    "mix_norm": "ln2.layernorm",
-}
-_RULES = [
-    (r"stem_conv", lambda m: "patches_parition.0"),
-    (r"stem_norm", lambda m: "patches_parition.1.layernorm"),
-    (r"stage(\d)_down_conv", lambda m: f"stage{m[1]}.0.patches_merge.1"),
-    (r"stage(\d)_down_norm", lambda m: f"stage{m[1]}.0.patches_merge.2.layernorm"),
-    (
-        r"stage(\d)_block(\d+)_(\w+)",
-        lambda m: f"stage{m[1]}.{int(m[2]) - (m[1] == '1')}.{_MIXER_PARTS[m[3]]}" if m[3] in _MIXER_PARTS else None,
-    ),
-    (r"bottleneck_(in|out)_conv", lambda m: f"bottle_neck.0.{m[1]}_layers.0"),
-    (r"bottleneck_(in|out)_norm", lambda m: f"bottle_neck.0.{m[1]}_layers.1.layernorm"),
-    (r"fusion_(scale\d|query)_value_conv", lambda m: f"attention.{_normfm(m[1])}.norm.conv1x1"),
-    (r"fusion_(scale\d|query)_value_norm", lambda m: f"attention.{_normfm(m[1])}.norm.bn.layernorm"),
-    (r"fusion_(scale\d|query)_key_dense([12])", lambda m: f"attention.{_normfm(m[1])}.mlp.{2 * int(m[2]) - 2}"),
-    (r"fusion_score", lambda m: "attention.mlp"),
-    (r"decoder_conv", lambda m: "rb4.conv1x1"),
-    (r"decoder_norm", lambda m: "rb4.bn.layernorm"),
-    (r"head", lambda m: "head"),
-]
-
-
-def _normfm(part):
-    return "normfmDecode" if part == "query" else f"normfm{part[len('scale'):]}"
-
-
-def torch_key(layer_name):
-    """The reference PyTorch module path of a LiteNeXt layer, or `None` if it has no weights there."""
-    for pattern, build in _RULES:
-        match = re.fullmatch(pattern, layer_name)
-        if match:
-            return build(match)
-    return None
-
-
-register_model("litenext", LiteNeXt, torch_key=torch_key)
+def feature_layers(model):
+    """LiteNeXt's encoder features, shallow to deep: the output of the last LGEMixer block of
+    each stage (`stage{s}_block{depth}_mix_act`, at strides 2, 4, 8 and 16)."""
+    names = {layer.name for layer in model.layers}
+    found = []
+    for stage in range(1, 5):
+        depth = 0
+        while f"stage{stage}_block{depth + 1}_mix_act" in names:
+            depth += 1
+        if depth:
+            found.append(f"stage{stage}_block{depth}_mix_act")
+    return tuple(found)

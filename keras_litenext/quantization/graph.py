@@ -1,0 +1,300 @@
+"""Graph rewrites: the QAT model (`quantize_model`), BatchNorm folding, the float deployment
+model, and the utilities that walk a QAT model's quantizers."""
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from keras_litenext.quantization.core import MODES, FakeQuant, QuantLayerMixin, UnsupportedLayerError
+from keras_litenext.quantization.keras_rules import activation_name
+from keras_litenext.quantization.rules import KEEP, SAME, SELF, QuantRule, find_quant_rule, get_quant_rule, unsupported_error
+
+_PASSTHROUGH_RULE = QuantRule(output=KEEP)
+
+
+def _operations(model):
+    """Every operation of a functional graph: layers and `keras.ops` nodes, inputs excluded."""
+    return [op for op in model.operations if not isinstance(op, layers.InputLayer)]
+
+
+def _rule(layer, passthrough):
+    """The rule of a float-model layer, after the checks that hold for every layer."""
+    if isinstance(layer, QuantLayerMixin):
+        raise UnsupportedLayerError(f"quantize_model: {layer.name!r} is already a QAT layer; pass the float model.")
+    if isinstance(layer, keras.Model):
+        raise unsupported_error(layer, " (a nested model; build the model as one flat functional graph)", hint=False)
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise unsupported_error(layer, " (channels_first; TFLite is channels_last)", hint=False)
+    if type(layer).__name__ in passthrough:
+        return _PASSTHROUGH_RULE
+    return get_quant_rule(layer)
+
+
+# ----------------------------------------------------------------------------------------------
+# BatchNorm folding
+# ----------------------------------------------------------------------------------------------
+_FOLD_INTO = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
+
+
+def _producer(tensor):
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history.operation
+
+
+def _foldable_pairs(model):
+    """`{bn_name: conv_name}` for each BatchNormalization that can be folded into its producer."""
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization):
+            continue
+        nodes = layer._inbound_nodes
+        axis = layer.axis if isinstance(layer.axis, int) else None
+        producer = _producer(nodes[0].input_tensors[0]) if len(nodes) == 1 else None
+        ok = (
+            type(producer) in _FOLD_INTO
+            and axis in (-1, len(layer.input.shape) - 1)
+            and len(producer._inbound_nodes) == 1
+            and len(producer._outbound_nodes) == 1
+            and activation_name(producer) == "linear"
+        )
+        if ok:
+            pairs[layer.name] = producer.name
+    return pairs
+
+
+def fold_batch_norms(model):
+    """A copy of `model` with every foldable `BatchNormalization` merged into the Conv2D,
+    DepthwiseConv2D or Dense layer before it (same outputs in inference, up to float rounding).
+
+    A BatchNormalization is foldable when it normalises the last axis of a conv/dense output
+    that nothing else uses and that has no activation. Returns `model` itself when there is none.
+    """
+    pairs = _foldable_pairs(model)
+    if not pairs:
+        return model
+    folded_into = {conv: bn for bn, conv in pairs.items()}
+    dropped = set()
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in pairs:
+            dropped.add(layer.name)
+        elif layer.name in folded_into:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        if layer.name in dropped:  # the BatchNorm leaves the graph: its input goes on
+            return args[0]
+        return layer(*args, **kwargs)
+
+    new = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in model.layers:
+        if layer.name in pairs or not layer.weights:
+            continue
+        target = new.get_layer(layer.name)
+        if layer.name in folded_into:
+            bn = model.get_layer(folded_into[layer.name])
+            kernel = ops.convert_to_numpy(layer.kernel).astype(np.float64)
+            bias = ops.convert_to_numpy(layer.bias).astype(np.float64) if layer.use_bias else 0.0
+            gamma = ops.convert_to_numpy(bn.gamma).astype(np.float64) if bn.scale else 1.0
+            beta = ops.convert_to_numpy(bn.beta).astype(np.float64) if bn.center else 0.0
+            mean = ops.convert_to_numpy(bn.moving_mean).astype(np.float64)
+            var = ops.convert_to_numpy(bn.moving_variance).astype(np.float64)
+            scale = gamma / np.sqrt(var + bn.epsilon)
+            if isinstance(layer, layers.DepthwiseConv2D):
+                kernel = kernel * scale.reshape(1, 1, kernel.shape[2], kernel.shape[3])
+            else:
+                kernel = kernel * scale
+            target.set_weights([kernel.astype("float32"), ((bias - mean) * scale + beta).astype("float32")])
+        else:
+            target.set_weights(layer.get_weights())
+    return new
+
+
+# ----------------------------------------------------------------------------------------------
+# The QAT model
+# ----------------------------------------------------------------------------------------------
+def quantize_model(model, input_range=(0.0, 1.0), decay=0.99, passthrough=()):
+    """The quantization-aware-training version of a trained float functional model.
+
+    Each layer (and `keras.ops` node) is rebuilt by its `QuantRule` (`register_quant_rule`),
+    and a `FakeQuant` named `<layer>_quant` follows every output that the int8 TFLite file
+    gives a scale of its own.
+
+    Args:
+        model: a functional `keras.Model` (e.g. `LiteNeXt`), trained; its weights are copied.
+        input_range: `(min, max)` of the input values, fixed for the input quantizer. The
+            default `(0, 1)` gives the int8 input scale 1/255 and zero point -128, so a camera
+            pixel `p` in 0..255 is the int8 value `p - 128`. None tracks the range like any
+            other activation.
+        decay: moving-average decay of the activation ranges during fine-tuning. Defaults to
+            0.99.
+        passthrough: class names of custom layers that only move values (like `Reshape`), to be
+            kept as they are with no quantizer.
+
+    Returns:
+        A functional `keras.Model` with the same inputs, outputs and layer names, plus
+        `FakeQuant` layers. Its quantizer ranges are not calibrated yet: call `calibrate`
+        before using or converting it.
+
+    Raises:
+        UnsupportedLayerError: a layer or node has no rule (the message names it and what to do).
+    """
+    if isinstance(model, keras.Sequential):
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        raise UnsupportedLayerError("quantize_model: expected a functional keras.Model (built with keras.Input).")
+    passthrough = tuple(passthrough)
+    source = fold_batch_norms(model)
+    rules = {}
+    for layer in _operations(source):  # fail before building anything, naming the first unsupported layer
+        rule = _rule(layer, passthrough)
+        rule.quantize(layer, decay)
+        rule.output(layer)
+        rules[id(layer)] = rule
+
+    originals = {}
+    quantizer_of = {}  # id(new tensor) -> the FakeQuant layer whose grid it is on
+    grid_of = {}  # id(new tensor) -> "layer/range" of the range whose grid it is on
+    inputs = [keras.Input(batch_shape=x.shape, dtype="float32", name=x.name) for x in source.inputs]
+    input_ids = {id(x) for x in inputs}
+    quantized_inputs = {}
+
+    def clone_function(layer):
+        new = rules[id(layer)].quantize(layer, decay)
+        originals[id(new)] = layer
+        return new
+
+    def quantized_input(tensor):
+        if id(tensor) not in quantized_inputs:
+            fixed = None if input_range is None else tuple(input_range)
+            fq = FakeQuant(fixed_range=fixed, decay=decay, name=f"{tensor.name}_quant", dtype="float32")
+            q = fq(tensor)
+            quantizer_of[id(q)] = fq
+            grid_of[id(q)] = f"{fq.name}/range"
+            quantized_inputs[id(tensor)] = q
+        return quantized_inputs[id(tensor)]
+
+    def new_quantizer(out, name, fixed=None, tied=None):
+        fq = FakeQuant(fixed_range=fixed, decay=decay, tied=tied, name=name, dtype="float32")
+        q = fq(out)
+        quantizer_of[id(q)] = fq
+        grid_of[id(q)] = f"{fq.name}/range"
+        return q
+
+    def call_function(layer, *args, **kwargs):
+        original = originals[id(layer)]
+        rule = rules[id(original)]
+        args = keras.tree.map_structure(lambda t: quantized_input(t) if id(t) in input_ids else t, args)
+        args, kwargs = rule.call_arguments(original, args, kwargs)
+        flat_in = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        out = layer(*args, **kwargs)
+        kind = rule.output(original)
+        source_fq = quantizer_of.get(id(flat_in[0])) if flat_in else None
+        if kind == KEEP:
+            if len(flat_in) == 1:
+                if source_fq is not None:
+                    quantizer_of[id(out)] = source_fq
+                if id(flat_in[0]) in grid_of:
+                    grid_of[id(out)] = grid_of[id(flat_in[0])]
+            return out
+        if kind == SELF:  # the layer's last range quantizes its output
+            grid_of[id(out)] = f"{layer.name}/{list(layer._ranges)[-1]}"
+            return out
+        if kind == SAME and source_fq is not None:
+            q = source_fq(out, observe=False)
+            quantizer_of[id(q)] = source_fq
+            grid_of[id(q)] = f"{source_fq.name}/range"
+            return q
+        fixed = kind if isinstance(kind, tuple) else None
+        tied = [grid_of[id(t)] for t in flat_in if id(t) in grid_of] if rule.tie_inputs else None
+        return new_quantizer(out, f"{layer.name}_quant", fixed, tied)
+
+    structured = keras.tree.pack_sequence_as(source.input, inputs)
+    qat = keras.models.clone_model(source, input_tensors=structured, clone_function=clone_function, call_function=call_function)
+    _copy_float_weights(source, qat)
+    set_quant_mode(qat, "quantize")
+    return qat
+
+
+def _copy_float_weights(source, target):
+    by_path = {v.path: v for v in target.weights}
+    for layer in source.layers:
+        for variable in layer.weights:
+            path = variable.path
+            if path not in by_path:
+                raise RuntimeError(f"quantize_model: no place for weight {path!r} in the QAT model.")
+            by_path[path].assign(ops.convert_to_numpy(variable).astype("float32"))
+
+
+def deployment_model(model):
+    """A copy of a float `model` with the same weights and outputs (up to float rounding) whose
+    TFLite graph XNNPACK runs in one piece: each layer whose rule has a deployment form is
+    replaced by it (`ChannelLayerNorm` -> `DeployChannelLayerNorm`, `RepeatVector` ->
+    `ConcatRepeatVector`, ...). `keras_litenext.tflite.convert` applies it to float models.
+    Returns `model` itself when no layer has a deployment form."""
+    replacements = {}
+    for layer in _operations(model):
+        found = find_quant_rule(layer)
+        new = found[0].deploy(layer) if found is not None else None
+        if new is not None:
+            replacements[id(layer)] = new
+    if not replacements:
+        return model
+
+    def clone(layer):
+        return replacements.get(id(layer)) or layer.__class__.from_config(layer.get_config())
+
+    new = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.weights:
+            new.get_layer(layer.name).set_weights(layer.get_weights())
+    return new
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantizers of a QAT model
+# ----------------------------------------------------------------------------------------------
+def quant_layers(model):
+    """The layers of `model` that own quantizer ranges."""
+    return [layer for layer in getattr(model, "layers", []) if isinstance(layer, QuantLayerMixin)]
+
+
+def is_qat_model(model):
+    """True when `model` holds `quantize_model`'s layers."""
+    return bool(quant_layers(model))
+
+
+def set_quant_mode(model, mode):
+    """Set every quantizer of a QAT model to `"quantize"` (default), `"calibrate"` or `"float"`.
+
+    Compiled train/predict functions are dropped, so the next call traces the new mode.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    for layer in quant_layers(model):
+        layer.quant_mode = mode
+    for attr in ("train_function", "test_function", "predict_function"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    return model
+
+
+def quantizer_ranges(model):
+    """`{layer_name/range_name: (min, max)}` of every activation quantizer."""
+    out = {}
+    for layer in quant_layers(model):
+        for name, value in layer.ranges().items():
+            out[f"{layer.name}/{name}"] = value
+    return out
+
+
+def uncalibrated_quantizers(model):
+    """Names (`layer/range`) of the tracked ranges that never saw data."""
+    names = []
+    for layer in quant_layers(model):
+        for name, r in layer._ranges.items():
+            if r.fixed is None and float(ops.convert_to_numpy(r.count)) == 0.0:
+                names.append(f"{layer.name}/{name}")
+    return names

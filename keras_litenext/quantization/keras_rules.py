@@ -1,0 +1,230 @@
+"""QAT forms and quantization rules of stock Keras layers and of `keras.ops` graph nodes.
+
+Weighted layers (`Conv2D`, `DepthwiseConv2D`, `Dense`) become `QuantConv2D`,
+`QuantDepthwiseConv2D` and `QuantDense`, which keep the float kernel and fake-quantize it in
+`call`, per output channel, symmetric, on [-127, 127] (the TFLite int8 weight spec). The other
+layers are copied, and their rule says how their output is quantized:
+
+- own int8 scale (`OWN`): conv/dense outputs, activations, adds, products, concatenations
+  (inputs tied to the output, as int8 CONCATENATION requires), global average pools;
+- the input's scale and values (`KEEP`): max-pooling, reshapes, padding, `RepeatVector`, dropout;
+- the input's scale, new values (`SAME`): bilinear up-sampling and average pooling;
+- TFLite's fixed output scales: softmax and sigmoid 1/256 (zero point -128), tanh 1/128.
+
+`keras.ops` arithmetic written into a functional graph (`x + 3.0`, `x * (1 / 6)`, `ops.relu6`,
+as `keras.applications.MobileNetV3` does) follows the same rules: an add, product or
+activation node gets its own `FakeQuant`, array constants are put on the int8 grid the
+converter gives them (a scalar already is: it is an end of its own range), shape ops keep their
+input's scale. Nodes without a rule (`ops.divide`, `ops.exp`, ...) raise an error that names the
+node and the layer to use instead.
+"""
+
+import keras
+import numpy as np
+from keras import layers, ops
+from keras.src.ops import nn as _nn
+from keras.src.ops import numpy as _np
+
+from keras_litenext.quantization.core import (
+    FIXED_ACTIVATION_RANGES,
+    FUSED_ACTIVATIONS,
+    PACKAGE,
+    TANH_RANGE,
+    UNIT_RANGE,
+    QuantLayerMixin,
+    quantize_constant,
+    quantize_weights,
+)
+from keras_litenext.quantization.rules import (
+    KEEP,
+    OWN,
+    SAME,
+    QuantRule,
+    register_quant_rule,
+    unsupported_error,
+)
+
+
+def activation_name(layer):
+    """The serialized name of a layer's `activation` (`"relu"`, `"gelu"`, ...)."""
+    if getattr(layer, "activation", None) is None:
+        return "linear"
+    name = keras.activations.serialize(layer.activation)
+    return name if isinstance(name, str) else str(name.get("config", name) if isinstance(name, dict) else name)
+
+
+def activation_output(name):
+    """The output rule of an activation function: fixed TFLite scale, own scale, or none (linear)."""
+    if name == "linear":
+        return KEEP
+    return FIXED_ACTIVATION_RANGES.get(name, OWN)
+
+
+# ----------------------------------------------------------------------------------------------
+# QAT forms of the weighted layers
+# ----------------------------------------------------------------------------------------------
+class _QuantKernelMixin(QuantLayerMixin):
+    """Fake-quantized kernel; a non-fusable activation gets its own pre-activation range."""
+
+    def __init__(self, *args, decay=0.99, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(decay)
+        self._split_activation = activation_name(self) not in FUSED_ACTIVATIONS
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self._split_activation:
+            self.pre_activation = self._add_range("pre_activation")
+
+    def _finish(self, outputs, training):
+        if self.use_bias:
+            outputs = ops.add(outputs, ops.reshape(self.bias, (1,) * (len(outputs.shape) - 1) + (-1,)))
+        if self._split_activation:
+            outputs = self.pre_activation(outputs, training=bool(training))
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+class _KernelRule(QuantRule):
+    """Conv/dense: the QAT kernel class; the output scale is the activation's."""
+
+    def quantize(self, layer, decay):
+        if isinstance(layer, layers.Dense) and len(layer.kernel.shape) != 2:
+            raise unsupported_error(layer, " (quantized Dense kernels must be 2-D)", hint=False)
+        return super().quantize(layer, decay)
+
+    def output(self, layer):
+        return FIXED_ACTIVATION_RANGES.get(activation_name(layer), OWN)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantConv2D(_QuantKernelMixin, layers.Conv2D):
+    """`Conv2D` whose kernel is fake-quantized per output channel (int8, symmetric) in `call`."""
+
+    def call(self, inputs, training=None):
+        kernel = self.kernel if self.quant_mode != "quantize" else quantize_weights(self.kernel, -1)
+        return self._finish(self.convolution_op(inputs, kernel), training)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantDepthwiseConv2D(_QuantKernelMixin, layers.DepthwiseConv2D):
+    """`DepthwiseConv2D` with a per-channel fake-quantized kernel.
+
+    TFLite stores a depthwise kernel `(kh, kw, C, M)` as `(1, kh, kw, C * M)` with one scale per
+    output channel `c * M + m`; the kernel is reshaped the same way to be quantized.
+    """
+
+    def call(self, inputs, training=None):
+        kernel = self.kernel
+        if self.quant_mode == "quantize":
+            kh, kw, c, m = kernel.shape
+            kernel = ops.reshape(quantize_weights(ops.reshape(kernel, (kh, kw, 1, c * m)), -1), (kh, kw, c, m))
+        outputs = ops.depthwise_conv(
+            inputs, kernel, strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate, data_format=self.data_format
+        )
+        return self._finish(outputs, training)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantDense(_QuantKernelMixin, layers.Dense):
+    """`Dense` with a per-output-unit fake-quantized kernel (TFLite FULLY_CONNECTED, per channel)."""
+
+    def call(self, inputs, training=None):
+        kernel = self.kernel if self.quant_mode != "quantize" else quantize_weights(self.kernel, -1, fake_quant_op=False)
+        return self._finish(ops.matmul(inputs, kernel), training)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConcatRepeatVector(layers.RepeatVector):
+    """`RepeatVector` as a CONCATENATION of copies (XNNPACK runs it; it does not run TILE)."""
+
+    def call(self, inputs):
+        return ops.concatenate([ops.expand_dims(inputs, 1)] * self.n, axis=1)
+
+
+register_quant_rule(layers.Conv2D, _KernelRule(qat_class=QuantConv2D))
+register_quant_rule(layers.DepthwiseConv2D, _KernelRule(qat_class=QuantDepthwiseConv2D))
+register_quant_rule(layers.Dense, _KernelRule(qat_class=QuantDense))
+register_quant_rule(
+    layers.RepeatVector, QuantRule(output=KEEP, qat_class=ConcatRepeatVector, deploy_class=ConcatRepeatVector)
+)
+register_quant_rule(ConcatRepeatVector, QuantRule(output=KEEP))
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers copied as they are
+# ----------------------------------------------------------------------------------------------
+@register_quant_rule(layers.Activation)
+class _ActivationRule(QuantRule):
+    def output(self, layer):
+        return activation_output(activation_name(layer))
+
+
+@register_quant_rule(layers.UpSampling2D)
+class _UpSamplingRule(QuantRule):
+    """Nearest-neighbour up-sampling copies values (no quantizer); bilinear computes new ones on
+    the input's grid (int8 RESIZE_BILINEAR keeps the input's scale)."""
+
+    def output(self, layer):
+        return KEEP if layer.interpolation == "nearest" else SAME
+
+
+register_quant_rule(layers.Softmax, QuantRule(output=UNIT_RANGE))
+register_quant_rule(
+    (
+        layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Maximum, layers.Minimum,
+        layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.ReLU, layers.LeakyReLU, layers.ELU,
+        layers.Rescaling,
+    ),
+    QuantRule(output=OWN),
+)
+register_quant_rule(layers.Concatenate, QuantRule(output=OWN, tie_inputs=True))
+register_quant_rule((layers.AveragePooling1D, layers.AveragePooling2D), QuantRule(output=SAME))
+register_quant_rule(
+    (
+        layers.InputLayer, layers.MaxPooling1D, layers.MaxPooling2D, layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D,
+        layers.Reshape, layers.Flatten, layers.Permute, layers.ZeroPadding2D, layers.Cropping2D, layers.Dropout,
+        layers.SpatialDropout2D, layers.GaussianNoise, layers.GaussianDropout, layers.Identity,
+    ),
+    QuantRule(output=KEEP),
+)
+register_quant_rule(
+    layers.BatchNormalization,
+    QuantRule(reject="a BatchNormalization is folded only when it directly follows a Conv2D, DepthwiseConv2D or Dense "
+                     "whose output nothing else uses; move it there or remove it"),
+)
+register_quant_rule(layers.Lambda, QuantRule(reject="Lambda layers cannot be analysed; write the step with layers or keras.ops"))
+
+
+# ----------------------------------------------------------------------------------------------
+# keras.ops nodes of a functional graph
+# ----------------------------------------------------------------------------------------------
+class _OpsArithmeticRule(QuantRule):
+    """An elementwise `keras.ops` add/subtract/multiply/maximum/minimum: own output scale; an
+    array operand that is a constant goes on the int8 grid the converter gives it."""
+
+    def call_arguments(self, layer, args, kwargs):
+        def constant(value):
+            if isinstance(value, keras.KerasTensor) or np.ndim(value) == 0:
+                return value  # a tensor, or a scalar (already on its own grid)
+            return np.asarray(ops.convert_to_numpy(quantize_constant(np.asarray(value, "float32"))))
+
+        return tuple(constant(a) for a in args), kwargs
+
+
+def _ops_classes(module, *names):
+    return tuple(getattr(module, n) for n in names if hasattr(module, n))
+
+
+register_quant_rule(_ops_classes(_np, "Add", "Subtract", "Multiply", "Maximum", "Minimum"), _OpsArithmeticRule())
+register_quant_rule(
+    _ops_classes(_nn, "Relu", "Relu6", "HardSigmoid", "HardSilu", "Silu", "Gelu", "LeakyRelu", "Elu") + _ops_classes(_np, "Mean"),
+    QuantRule(output=OWN),
+)
+register_quant_rule(_ops_classes(_nn, "Sigmoid", "Softmax"), QuantRule(output=UNIT_RANGE))
+register_quant_rule(_ops_classes(_np, "Tanh"), QuantRule(output=TANH_RANGE))
+register_quant_rule(_ops_classes(_np, "Concatenate"), QuantRule(output=OWN, tie_inputs=True))
+register_quant_rule(_ops_classes(_np, "Reshape", "Transpose", "ExpandDims", "Squeeze"), QuantRule(output=KEEP))
+register_quant_rule(
+    _ops_classes(_np, "Divide", "TrueDivide"),
+    QuantRule(reject="int8 TFLite has no DIV; multiply by the reciprocal (x * (1 / c)) or use a keras.layers.Rescaling"),
+)

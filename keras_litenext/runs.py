@@ -1,0 +1,276 @@
+"""The run folder: one reader and writer for what a training run leaves behind.
+
+`training.train` writes a run, `training/evaluate.py`, `training/predict.py` and
+`tflite/convert.py` read it; all of them go through `Run`, so the layout is defined once:
+
+| file | what |
+|---|---|
+| `config.json` | every setting (`TrainConfig`), the task and its class names included |
+| `splits.json` | the train/val/test stems |
+| `best.keras` | the inference model of the best validation score |
+| `history.csv`, `logs/`, `curves.png` | per-epoch values, TensorBoard logs, their plot |
+| `metrics.json`, `test_overlays.png` | test-split metrics, overlays |
+| `backup/` | `BackupAndRestore` state while training |
+| `tflite/` | exported files, their contracts and `report.md` (`tflite/convert.py`) |
+
+Every file is written atomically (`utils.atomic_path`).
+"""
+
+import dataclasses
+import json
+import os
+
+from keras_litenext.utils import write_json
+
+CONFIG = "config.json"
+SPLITS = "splits.json"
+BEST = "best.keras"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a training run; `training/fit.py` exposes each as a flag."""
+
+    model: str = "litenext"
+    data: str | None = None  # None: the sample bundled with the package
+    image_size: int | None = None  # None: 96 for the bundled sample, else 256
+    channels: int = 3
+    task: str | None = None  # None: binary for 2 classes, multiclass for more
+    num_classes: int | None = None  # classes including the background; None: classes.json, else 2
+    class_names: list | None = None  # None: classes.json beside the data, else generic names
+    palette: dict | str | None = None  # colour masks: a JSON file, stored resolved as {"r,g,b": class}
+    masks_suffix: str = ""
+    mask_threshold: int = 0
+    splits: str | None = None  # a JSON file with "train"/"val"/"test" stems
+    split: tuple = (0.8, 0.1, 0.1)
+    batch_size: int = 8
+    epochs: int | None = None  # None: 40 for the bundled sample, else 60
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    schedule: str = "cosine"  # "cosine" or "plateau"
+    loss: str | None = None  # None: the task's default ("mwl")
+    mwl_weights: tuple | None = None  # margin, object, background; None: losses.MWL_WEIGHTS
+    mwl_kernel: int = 7
+    class_weights: tuple | None = None  # multiclass cross-entropy weights, one per class
+    augment: bool = True
+    serp: bool = False
+    serp_weight: float = 0.1
+    serp_decay: float = 0.99
+    seed: int = 42
+    output: str | None = None  # None: runs/<model>-<data>-<time>
+    resume: bool = False
+    skip_bad: bool = False
+    mixed_precision: str = "auto"  # auto: on when a GPU is visible
+    jit_compile: str = "auto"  # auto: on when a GPU is visible
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    verbose: str | int = "auto"
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown training setting(s): {', '.join(unknown)}.")
+        values = dict(values)
+        for key in ("split", "mwl_weights", "class_weights"):
+            if key in values and values[key] is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @property
+    def task_spec(self):
+        """The `keras_litenext.tasks` task of these settings."""
+        from keras_litenext.tasks import task_from_config
+
+        return task_from_config(self)
+
+    def resolve_classes(self):
+        """Fill `class_names` / `num_classes` from `classes.json` beside the data, and read a
+        palette file into the config (so the run folder alone says how masks decode)."""
+        from keras_litenext.tasks import read_classes_json, read_palette
+
+        if isinstance(self.palette, str):
+            self.palette = {"{},{},{}".format(*c): i for c, i in read_palette(self.palette).items()}
+        if self.class_names is None:
+            names = read_classes_json(self.data)
+            if names is not None and (self.num_classes is None or int(self.num_classes) == len(names)):
+                self.class_names = names
+            elif names is not None:
+                raise ValueError(
+                    f"--num-classes {self.num_classes} disagrees with {os.path.join(self.data, 'classes.json')} "
+                    f"({len(names)} classes: {', '.join(names)})."
+                )
+        if self.class_names is not None:
+            self.class_names = [str(n) for n in self.class_names]
+            self.num_classes = len(self.class_names)
+        task = self.task_spec  # validates the combination
+        self.task, self.num_classes, self.class_names = task.name, task.num_classes, list(task.class_names)
+        return task
+
+
+class RunError(ValueError):
+    """A run folder that is missing, incomplete or unreadable (one line naming the path)."""
+
+
+def load_model_file(path):
+    """A `.keras` file loaded, or a one-line `FileNotFoundError` / `RunError` naming it."""
+    import keras
+
+    import keras_litenext  # noqa: F401  (registers the package's layers, losses and metrics)
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist.")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as err:  # a corrupt or foreign file: one line, not a deep traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(f"{path}: cannot load the model ({type(err).__name__}: {first[:300]})") from None
+
+
+class Run:
+    """A run folder: its settings, task, splits, data and files.
+
+    Example:
+    >>> run = Run.open("runs/my-run")
+    >>> model, task = run.load_model(), run.task
+    >>> arrays = run.arrays()            # {"train": (images, masks), "val": ..., "test": ...}
+    """
+
+    def __init__(self, path, config):
+        self.path = None if path is None else os.fspath(path)  # None: a run of a bare .keras file
+        self.config = config
+
+    # -- create / open --------------------------------------------------------------------
+    @classmethod
+    def create(cls, config):
+        """A new run folder for `config` (its `output`): must be absent or empty."""
+        out = config.output
+        if os.path.exists(out) and os.listdir(out):
+            raise FileExistsError(f"Run folder {out} is not empty: pass --resume to continue it, or another --output.")
+        os.makedirs(out, exist_ok=True)
+        run = cls(out, config)
+        run.write_json(CONFIG, config.to_dict())
+        return run
+
+    @classmethod
+    def open(cls, path):
+        """An existing run folder (it must hold `config.json`)."""
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path} is not a run folder (no such directory).")
+        config_path = os.path.join(path, CONFIG)
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{config_path} does not exist (is {path} a run folder of training/fit.py?).")
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = TrainConfig.from_dict(json.load(f))
+        except (ValueError, TypeError) as err:
+            raise RunError(f"{config_path}: unreadable run settings ({err}).") from None
+        config.output = path
+        return cls(path, config)
+
+    # -- files ------------------------------------------------------------------------------
+    def file(self, name):
+        if self.path is None:
+            raise RunError(f"no run folder to hold {name}")
+        return os.path.join(self.path, name)
+
+    def exists(self, name):
+        return self.path is not None and os.path.exists(self.file(name))
+
+    def write_json(self, name, obj):
+        write_json(self.file(name), obj)
+
+    def read_json(self, name):
+        with open(self.file(name), encoding="utf-8") as f:
+            return json.load(f)
+
+    @property
+    def task(self):
+        return self.config.task_spec
+
+    def load_model(self):
+        if not self.exists(BEST):
+            raise FileNotFoundError(f"{self.path} has no {BEST}: is it a finished run folder of training/fit.py?")
+        return load_model_file(self.file(BEST))
+
+    # -- data -------------------------------------------------------------------------------
+    def splits(self):
+        """`{"train", "val", "test"}` stems: the run's `splits.json`, else the configured file,
+        else a new seeded split (`data.split_stems`); `None` before the data was scanned."""
+        from keras_litenext import data as data_lib
+
+        if self.exists(SPLITS):
+            return data_lib.load_splits(self.file(SPLITS))
+        if self.config.splits:
+            return data_lib.load_splits(self.config.splits)
+        return None
+
+    def split_arrays(self, images, masks, stems):
+        """Split loaded arrays by the run's split (made and saved on first use)."""
+        from keras_litenext import data as data_lib
+
+        splits = self.splits()
+        if splits is None:
+            splits = data_lib.split_stems(stems, fractions=self.config.split, seed=self.config.seed)
+        if self.path is not None and not self.exists(SPLITS):
+            data_lib.save_splits(self.file(SPLITS), splits, seed=self.config.seed, data=os.path.abspath(self.config.data))
+        return {name: data_lib.select(stems, images, masks, splits[name]) for name in ("train", "val", "test")}
+
+    def load_data(self, image_size="train", data=None, skip_bad=None):
+        """`(images, masks, stems, report)` of the run's dataset, decoded by its task.
+
+        Args:
+            image_size: `"train"` (the run's size), None (each image at its own size) or a size.
+            data: another dataset folder (e.g. the same data on another machine).
+            skip_bad: default: the run's setting.
+        """
+        from keras_litenext import data as data_lib
+
+        cfg = self.config
+        folder = data or cfg.data
+        if folder is None or not os.path.isdir(folder):
+            raise RunError(f"{self.path}: its dataset folder {folder!r} is not here; pass --data <dataset folder>.")
+        pairs = data_lib.find_pairs(folder, masks_suffix=cfg.masks_suffix, skip_bad=cfg.skip_bad if skip_bad is None else skip_bad)
+        size = cfg.image_size if image_size == "train" else image_size
+        return data_lib.load_pairs(pairs, size, channels=cfg.channels, task=self.task,
+                                   skip_bad=cfg.skip_bad if skip_bad is None else skip_bad)
+
+    def arrays(self, image_size="train", data=None):
+        """`{"train", "val", "test"}` → `(images, masks)` uint8 arrays (lists at native size)."""
+        images, masks, stems, _ = self.load_data(image_size=image_size, data=data)
+        return self.split_arrays(images, masks, stems)
+
+
+def open_source(source, data=None):
+    """`(model, run)` for a run folder, or `(model, None)` for a `.keras` file.
+
+    Raises:
+        FileNotFoundError, RunError: naming the path.
+    """
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        run = Run.open(source)
+        if data:
+            run.config.data = data
+        return run.load_model(), run
+    if not source.endswith(".keras"):
+        raise RunError(f"{source}: expected a run folder or a .keras file.")
+    return load_model_file(source), None
+
+
+def file_run(model, data, output=None, **settings):
+    """A `Run` (not written) for a bare `.keras` file: its size and task read off the model,
+    the data split 80/10/10 with seed 42 as training does by default."""
+    shape = model.input_shape
+    channels = int(model.output_shape[-1])
+    config = TrainConfig(data=data, image_size=shape[1], channels=int(shape[-1]), output=output, **settings)
+    if config.num_classes is None and config.class_names is None:
+        config.num_classes = 2 if channels == 1 else channels
+    config.resolve_classes()
+    return Run(output, config)
