@@ -2,19 +2,25 @@
 
 `export_run` fine-tunes a run's model with quantization-aware training, converts it to int8
 (QAT and PTQ), fp16 and fp32 files with `keras_litenext.tflite`, scores every file with LiteRT
-on the run's test split, writes the I/O contract of each file and `report.md`, and applies the
-quality gate. The TFLite mechanics live in `keras_litenext.tflite`.
+on the run's test split through the run's task (binary or multi-class, per class), writes the
+I/O contract of each file and `report.md`, and applies the quality gate. The TFLite mechanics
+live in `keras_litenext.tflite`, the run folder in `keras_litenext.runs`, the meaning of the
+output in `keras_litenext.tasks`.
 """
 
-
 import collections
+import math
 import os
 import re
+import time
 
 import numpy as np
 
+from keras_litenext.runs import RunError, file_run, open_source
+from keras_litenext.tasks import get_task
 from keras_litenext.tflite import (
     IO_TYPES,
+    ConversionError,
     convert,
     inspect_tflite,
     io_details,
@@ -22,126 +28,231 @@ from keras_litenext.tflite import (
     write_bytes,
     xnnpack_partitions,
 )
-from keras_litenext.utils import atomic_path
+from keras_litenext.utils import atomic_path, write_json
 
+__all__ = [
+    "ConversionError",
+    "ExportError",
+    "FILE_KINDS",
+    "Source",
+    "dice_drops",
+    "evaluate_tflite",
+    "export_run",
+    "io_contract",
+    "load_source",
+    "quality_gate",
+    "report_markdown",
+    "score_logits",
+]
 
-def evaluate_tflite(model, images, masks, threshold=0.5, empty="skip", num_threads=2, xnnpack=True):
-    """Per-image Dice/IoU/precision/recall of a `.tflite` file, as `metrics.evaluate_model` gives
-    them for a Keras model (`{"dice": {"mean", "std"}, ..., "per_image": {...}}`)."""
-    from keras_litenext.metrics import per_image_scores, summarize
-
-    logits = run_tflite(model, images, num_threads=num_threads, xnnpack=xnnpack)
-    scores = per_image_scores(masks, logits, threshold=threshold, empty=empty)
-    result = summarize(scores)
-    result["per_image"] = {k: v.tolist() for k, v in scores.items()}
-    return result
-
-
-# ----------------------------------------------------------------------------------------------
-# From a training run to deployable files
-# ----------------------------------------------------------------------------------------------
 FILE_KINDS = {  # suffix -> description
     "int8": "int8, quantization-aware fine-tuned (QAT)",
     "int8_ptq": "int8, post-training quantized (PTQ)",
     "fp16": "float16 weights, float32 compute",
     "fp32": "float32",
 }
+METRICS = ("dice", "iou", "precision", "recall", "hd95")
 
 
 class ExportError(ValueError):
     """A bad input to `export_run` (missing run files, data, sizes), with a one-line message."""
 
 
-def load_source(source, data=None):
-    """`(model, config, arrays, meta)` for a run folder or a `.keras` file.
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
-    A run folder (`training.train`'s output) gives `best.keras`, `config.json` (data folder,
-    image size, channels, mask settings, loss) and `splits.json` (train/val/test stems). A
-    `.keras` file needs `data` (a dataset folder) and is split 80/10/10 with seed 42, as
-    training does by default. `data` also overrides a run's data folder (e.g. on another
-    machine).
 
-    Returns:
-        model (float, loaded without its training config), config (dict of TrainConfig
-        fields), arrays `{"train"|"val"|"test": (uint8 images, uint8 masks)}`, and meta
-        (`{"run", "model_path", "data"}`).
+# ----------------------------------------------------------------------------------------------
+# Scores through the task
+# ----------------------------------------------------------------------------------------------
+def _task_of_output(channels):
+    """The task a bare output implies: binary for one channel, multi-class (generic names) else."""
+    channels = int(channels)
+    return get_task(num_classes=2 if channels == 1 else channels)
+
+
+def _class_keys(task):
+    """`{class name: score-key suffix}` of the foreground classes (`dice_<suffix>` in the scores)."""
+    from keras_litenext.metrics import class_names_for
+
+    if task.output_channels == 1:
+        return {task.foreground_names[0]: None}  # binary: the class is the whole score
+    return dict(zip(task.foreground_names, class_names_for(task.num_classes, task.class_names)[1:]))
+
+
+def score_logits(task, masks, logits, threshold=0.5, empty="skip", hd95=True):
+    """Per-image scores of logits through the task, summarised as `metrics.evaluate_model` does
+    (`{"dice": {"mean", "std"}, ..., "per_image": {...}}`), so files and Keras models are scored
+    by the same code."""
+    from keras_litenext.metrics import summarize
+
+    kwargs = {"empty": empty, "hd95": hd95}
+    if task.output_channels == 1:
+        kwargs["threshold"] = threshold
+    scores = task.scores(masks, np.asarray(logits, np.float32), **kwargs)
+    result = summarize(scores)
+    result["per_image"] = {k: np.asarray(v, np.float64).tolist() for k, v in scores.items()}
+    return result
+
+
+def evaluate_tflite(model, images, masks, task=None, threshold=0.5, empty="skip", hd95=True, num_threads=2, xnnpack=True):
+    """Per-image Dice/IoU/precision/recall/HD95 of a `.tflite` file, as `metrics.evaluate_model`
+    gives them for a Keras model, per class too for a multi-class task.
+
+    Args:
+        model: path or bytes of the file.
+        images: `(N, H, W, C)` float images in [0, 1] (uint8 is divided by 255).
+        masks: `(N, H, W, 1)` label maps (binary {0, 1}, or class indices).
+        task: a `keras_litenext.tasks` task; default: binary for a one-channel output, else
+            multi-class with generic class names.
     """
-    import keras
+    logits = run_tflite(model, images, num_threads=num_threads, xnnpack=xnnpack)
+    task = task or _task_of_output(logits.shape[-1])
+    return score_logits(task, masks, logits, threshold=threshold, empty=empty, hd95=hd95)
 
-    from keras_litenext import data as data_lib
-    from keras_litenext.training import TrainConfig
 
+def _predict(model, images, batch_size=8):
+    return np.asarray(model.predict(images.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0), np.float32)
+
+
+def _mean_std(result, key):
+    return {"mean": result[key]["mean"], "std": result[key]["std"]} if key in result else None
+
+
+def _metrics_summary(result, task):
+    """The report's view of a scored model: mean/std of each metric (mean over foreground
+    classes per image), `per_class` mean/std, and per-image Dice (overall and per class)."""
+    summary = {k: _mean_std(result, k) for k in METRICS if k in result}
+    per_class, per_image = {}, {"dice": result["per_image"]["dice"]}
+    for name, key in _class_keys(task).items():
+        if key is None:  # binary: the foreground's numbers are the overall ones
+            per_class[name] = {k: _mean_std(result, k) for k in METRICS if k in result}
+        else:
+            per_class[name] = {k: _mean_std(result, f"{k}_{key}") for k in METRICS if f"{k}_{key}" in result}
+            per_image[f"dice_{name}"] = result["per_image"][f"dice_{key}"]
+    return {**summary, "per_class": per_class, "images": result["images"], "counted": result["counted"], "per_image": per_image}
+
+
+# ----------------------------------------------------------------------------------------------
+# The source: a run folder, or a .keras file with its data
+# ----------------------------------------------------------------------------------------------
+Source = collections.namedtuple("Source", "model run arrays meta")
+Source.__doc__ = """What `export_run` needs: the float model, its `runs.Run` (settings, task), the
+split arrays `{"train"|"val"|"test": (uint8 images, uint8 label masks (N, H, W, 1))}` and
+`meta` (`{"run", "model_path", "data"}`)."""
+
+
+def load_source(source, data=None):
+    """A `Source` for a run folder of `training/fit.py`, or a `.keras` file with `data`.
+
+    A run folder is read with `runs.Run` (settings, task, `splits.json`); `data` overrides its
+    dataset folder (the same data on another machine). A `.keras` file gets `runs.file_run`: its
+    task read off the output channels (class names from `classes.json` beside the data), split
+    80/10/10 with seed 42 as training does by default.
+
+    Raises:
+        ExportError: one line naming the missing or inconsistent file, folder or flag.
+    """
     source = os.fspath(source)
-    if os.path.isdir(source):
-        model_path = os.path.join(source, "best.keras")
-        config_path = os.path.join(source, "config.json")
-        if not os.path.isfile(model_path):
-            raise ExportError(f"{source} has no best.keras: is it a finished run folder of training/fit.py?")
-        if not os.path.isfile(config_path):
-            raise ExportError(f"{source} has no config.json: is it a run folder of training/fit.py?")
-        import json
-
-        with open(config_path, encoding="utf-8") as f:
-            config = TrainConfig.from_dict(json.load(f)).to_dict()
-        splits_path = os.path.join(source, "splits.json")
-        splits = data_lib.load_splits(splits_path) if os.path.isfile(splits_path) else None
-        run = os.path.abspath(source)
-    elif source.endswith(".keras"):
-        if not os.path.isfile(source):
-            raise ExportError(f"{source} does not exist.")
-        if data is None:
-            raise ExportError(f"{source} is a model file: pass --data DATASET_FOLDER (with images/ and masks/) to calibrate and evaluate it.")
-        model_path, config, splits, run = source, TrainConfig().to_dict(), None, None
-    else:
-        raise ExportError(f"{source}: expected a run folder (with best.keras and config.json) or a .keras file.")
-    if data is not None:
-        config["data"] = os.fspath(data)
-    if not config.get("data") or not os.path.isdir(config["data"]):
-        raise ExportError(f"dataset folder {config.get('data')!r} not found: pass --data DATASET_FOLDER.")
+    is_file = not os.path.isdir(source)
+    if is_file and source.endswith(".keras") and os.path.isfile(source) and data is None:
+        raise ExportError(f"{source} is a model file: pass --data DATASET_FOLDER (with images/ and masks/) to calibrate and evaluate it.")
+    if data is not None and not os.path.isdir(data):
+        raise ExportError(f"--data {os.fspath(data)}: no such dataset folder (expected images/ and masks/ inside).")
     try:
-        model = keras.saving.load_model(model_path, compile=False)
-    except Exception as err:
-        raise ExportError(f"cannot load {model_path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-    height, width, channels = (model.inputs[0].shape[1:] + (None,) * 3)[:3]
-    size = config.get("image_size") or height
+        model, run = open_source(source, data=None if data is None else os.fspath(data))
+        model_path = run.file("best.keras") if run is not None else source
+        if run is None:
+            run = file_run(model, os.fspath(data))
+    except (FileNotFoundError, RunError) as err:
+        raise ExportError(_first_line(err)) from None
+    except ValueError as err:  # class names / task settings that do not fit the model or data
+        raise ExportError(f"{source}: {_first_line(err)}") from None
+    config, task = run.config, run.task
+    height, width, channels = (tuple(model.inputs[0].shape[1:]) + (None,) * 3)[:3]
+    size = config.image_size or height
     if height is not None and size != height:
-        raise ExportError(f"{model_path} takes {height}x{width} images but the run's config says image_size={size}.")
+        raise ExportError(f"{model_path} takes {height}x{width} images but {source}'s config.json says image_size={size}.")
     if size is None:
         raise ExportError(f"{model_path} has a free input size and no image_size is known; convert a run folder.")
-    config["image_size"] = int(size)
+    config.image_size = int(size)
     if channels is not None:
-        config["channels"] = int(channels)
-    pairs = data_lib.find_pairs(config["data"], masks_suffix=config.get("masks_suffix", ""), skip_bad=config.get("skip_bad", False))
-    images, masks, stems, _ = data_lib.load_pairs(
-        pairs, config["image_size"], channels=config.get("channels", 3), mask_threshold=config.get("mask_threshold", 0),
-        skip_bad=config.get("skip_bad", False),
-    )
-    if splits is None:
-        splits = data_lib.split_stems(stems, fractions=tuple(config.get("split") or (0.8, 0.1, 0.1)), seed=config.get("seed", 42))
-    arrays = {k: data_lib.select(stems, images, masks, splits[k], name=f"{k} split") for k in ("train", "val", "test")}
+        config.channels = int(channels)  # the model says what it takes; loading converts the images
+    out_channels = int(model.outputs[0].shape[-1])
+    if out_channels != task.output_channels:
+        raise ExportError(
+            f"{model_path} outputs {out_channels} channel(s) but the run's task is {task.name} with classes "
+            f"{', '.join(task.class_names)} ({task.output_channels} output channel(s)): check config.json's num_classes/class_names."
+        )
+    if not config.data or not os.path.isdir(config.data):
+        raise ExportError(f"dataset folder {config.data!r} of {source} not found: pass --data DATASET_FOLDER.")
+    try:
+        arrays = run.arrays()
+    except RunError as err:
+        raise ExportError(_first_line(err)) from None
     if len(arrays["test"][0]) == 0 or len(arrays["train"][0]) == 0:
-        raise ExportError("the train and test splits must not be empty.")
-    meta = {"run": run, "model_path": os.path.abspath(model_path), "data": os.path.abspath(config["data"])}
-    return model, config, arrays, meta
+        raise ExportError(f"{source}: the train and test splits must not be empty (splits.json or --data).")
+    meta = {"run": None if run.path is None else os.path.abspath(run.path), "model_path": os.path.abspath(model_path),
+            "data": os.path.abspath(config.data)}
+    return Source(model, run, arrays, meta)
 
 
-def _metrics_summary(result):
-    return {
-        **{k: {"mean": result[k]["mean"], "std": result[k]["std"]} for k in ("dice", "iou", "precision", "recall")},
-        "images": result["images"],
-        "counted": result["counted"],
+# ----------------------------------------------------------------------------------------------
+# The I/O contract of a file
+# ----------------------------------------------------------------------------------------------
+def _setting(config, key):
+    return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+
+def _output_contract(out, task):
+    """How to read the output tensor: meaning and decoding from `task.contract()`, the
+    dequantization and the mask rule in the output's own units."""
+    wording = task.contract()
+    k = task.output_channels
+    quantized = out["dtype"] in ("int8", "uint8")
+    s, z = out.get("scale"), out.get("zero_point")
+    section = {
+        "meaning": f"{wording['output_meaning']}, at the input resolution",
+        "decoding": wording["decoding"],
+        "activation": wording["activation"],
     }
+    if k == 1:
+        if quantized:
+            section["to_float"] = f"logit = (q - ({z})) * {s:.9g}"
+            section["mask"] = f"foreground where logit > 0, i.e. where q > {z} (the output zero point); equivalent to sigmoid(logit) > 0.5"
+        else:
+            section["to_float"] = "the float32 output is the logit"
+            section["mask"] = "foreground where logit > 0, equivalent to sigmoid(logit) > 0.5"
+        section["probability"] = "sigmoid(logit); for another probability threshold t use logit > ln(t / (1 - t))"
+        return section
+    section["classes"] = wording["classes"]
+    section["layout"] = f"NHWC, batch 1; the last axis holds the {k} classes in the order of `classes`"
+    if quantized:
+        section["to_float"] = f"logit = (q - ({z})) * {s:.9g}, one scale and zero point for all {k} channels"
+        section["mask"] = (
+            "class = arg-max over the last axis; on this quantized output the arg-max of q itself is the same, "
+            "because (q - zero point) * scale with one positive scale is increasing (ties go to the lowest class index)"
+        )
+    else:
+        section["to_float"] = "the float32 output is the logits"
+        section["mask"] = "class = arg-max over the last axis of the logits"
+    section["probability"] = "softmax over the last axis of the logits"
+    return section
 
 
-def io_contract(path, model_name, kind, config, meta):
+def io_contract(path, model_name, kind, config, meta, task=None):
     """The I/O contract of a `.tflite` file: what to feed it and how to read its output.
 
-    Returns a JSON-able dict: input size, channels, dtype, scale / zero point and the mapping
-    from camera pixels (0..255) to the input tensor; output shape and meaning (logits,
-    threshold 0 = sigmoid 0.5, in the output's own units); model name and training data.
+    Returns a JSON-able dict: the task and its classes; input size, channels, dtype, scale /
+    zero point and the mapping from camera pixels (0..255) to the input tensor; output shape
+    `(1, H, W, K)` with its meaning and decoding (`task.contract()`: threshold 0 on the logit
+    for binary, arg-max over the last axis for K classes), in the output's own units; model
+    name and training data.
     """
     details = io_details(path)
     inp, out = details["input"], details["output"]
+    task = task or _task_of_output(out["shape"][-1])
     _, height, width, channels = inp["shape"]
     color = "RGB" if channels == 3 else "grey (one channel)"
     if inp["dtype"] in ("int8", "uint8"):
@@ -154,18 +265,15 @@ def io_contract(path, model_name, kind, config, meta):
         )
     else:
         pixels = "x = p / 255 (float32 in [0, 1]) for a pixel value p in 0..255"
-    if out["dtype"] in ("int8", "uint8"):
-        s, z = out["scale"], out["zero_point"]
-        to_float = f"logit = (q - ({z})) * {s:.9g}"
-        mask = f"foreground where logit > 0, i.e. where q > {z} (the output zero point); equivalent to sigmoid(logit) > 0.5"
-    else:
-        to_float = "the float32 output is the logit"
-        mask = "foreground where logit > 0, equivalent to sigmoid(logit) > 0.5"
+    wording = task.contract()
     return {
         "model": model_name,
         "file": os.path.basename(path),
         "kind": kind,
         "description": FILE_KINDS.get(kind, kind),
+        "task": task.name,
+        "classes": wording["classes"],
+        "num_classes": task.num_classes,
         "input": {
             **inp,
             "layout": "NHWC, batch 1",
@@ -177,27 +285,21 @@ def io_contract(path, model_name, kind, config, meta):
             "preprocess": f"resize the image to {width}x{height} ({'RGB channel order' if channels == 3 else 'grey'}); "
             "no mean/std normalisation: the network was trained on pixels / 255",
         },
-        "output": {
-            **out,
-            "meaning": "one logit per pixel for the foreground class, at the input resolution",
-            "to_float": to_float,
-            "mask": mask,
-            "probability": "sigmoid(logit); for another probability threshold t use logit > ln(t / (1 - t))",
-        },
+        "output": {**out, **_output_contract(out, task)},
         "trained_on": {
             "data": meta.get("data"),
             "run": meta.get("run"),
-            "image_size": config.get("image_size"),
-            "channels": config.get("channels"),
-            "masks_suffix": config.get("masks_suffix"),
-            "mask_threshold": config.get("mask_threshold"),
+            **{k: _setting(config, k) for k in ("image_size", "channels", "masks_suffix", "mask_threshold")},
         },
     }
 
 
-def _file_report(path, kind, images, masks, threads):
+# ----------------------------------------------------------------------------------------------
+# Report and quality gate
+# ----------------------------------------------------------------------------------------------
+def _file_report(path, kind, images, masks, task, threads):
     info = inspect_tflite(path)
-    result = evaluate_tflite(path, images.astype(np.float32) / 255.0, masks, num_threads=threads, xnnpack=True)
+    result = evaluate_tflite(path, images.astype(np.float32) / 255.0, masks, task=task, num_threads=threads, xnnpack=True)
     return {
         "file": os.path.basename(path),
         "kind": kind,
@@ -213,42 +315,85 @@ def _file_report(path, kind, images, masks, threads):
         "input": info["input"],
         "output": info["output"],
         "ops": info["ops"],
-        "test": _metrics_summary(result),
+        "test": _metrics_summary(result, task),
     }
 
 
-def quality_gate(report, max_dice_drop):
-    """`(passed, message)`: is the int8 file's test Dice within `max_dice_drop` points
-    (Dice x 100) of the float Keras model's?"""
-    float_dice = report["keras_float"]["test"]["dice"]["mean"]
-    int8 = next(f for f in report["files"] if f["kind"] == "int8")
-    int8_dice = int8["test"]["dice"]["mean"]
-    drop = 100.0 * (float_dice - int8_dice)
-    passed = drop <= max_dice_drop
+def _number(value):
+    """A finite float, or None (NaN in memory, null in report.json: a class absent from the split)."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _class_dice(test, name):
+    entry = (test.get("per_class") or {}).get(name) or {}
+    return _number((entry.get("dice") or {}).get("mean"))
+
+
+def dice_drops(float_test, file_test):
+    """`(mean drop, {class: drop})` in Dice points (x 100; positive = the file is worse); None
+    where a value is undefined (no test image holds the class)."""
+    f, q = _number(float_test["dice"]["mean"]), _number(file_test["dice"]["mean"])
+    mean = None if f is None or q is None else 100.0 * (f - q)
+    classes = {}
+    for name in float_test.get("per_class") or {}:
+        fc, qc = _class_dice(float_test, name), _class_dice(file_test, name)
+        classes[name] = None if fc is None or qc is None else 100.0 * (fc - qc)
+    return mean, classes
+
+
+def quality_gate(report, max_dice_drop=0.5, max_class_drop=1.0):
+    """`(passed, message)`: is the int8 file's test Dice (mean over the foreground classes)
+    within `max_dice_drop` points (Dice x 100) of the float Keras model's, and every foreground
+    class's within `max_class_drop`? A mean can hide one class collapsing, hence the second
+    clause. For a binary task the one class's drop is the mean drop."""
+    float_test = report["keras_float"]["test"]
+    int8 = next(f for f in report["files"] if f["kind"] == "int8")["test"]
+    drop, class_drops = dice_drops(float_test, int8)
+    if drop is None:
+        return False, "int8 or float test Dice is undefined (no test image with a foreground class was counted)"
+    mean_ok = drop <= max_dice_drop
     message = (
-        f"int8 test Dice {100 * int8_dice:.2f} vs float {100 * float_dice:.2f}: "
+        f"int8 test Dice {100 * int8['dice']['mean']:.2f} vs float {100 * float_test['dice']['mean']:.2f}: "
         f"{'drop' if drop >= 0 else 'gain'} of {abs(drop):.2f} points "
-        f"({'within' if passed else 'more than'} the allowed {max_dice_drop:g})"
+        f"({'within' if mean_ok else 'more than'} the allowed {max_dice_drop:g})"
     )
-    return passed, message
+    counted = {n: d for n, d in class_drops.items() if d is not None}
+    failed = {n: d for n, d in counted.items() if d > max_class_drop}
+    if failed:
+        message += "; " + "; ".join(
+            f"class {n!r}: int8 test Dice {100 * _class_dice(int8, n):.2f} vs float {100 * _class_dice(float_test, n):.2f}, "
+            f"a drop of {d:.2f} points (more than the allowed {max_class_drop:g} per class)"
+            for n, d in sorted(failed.items(), key=lambda item: -item[1])
+        )
+    elif len(class_drops) > 1 and counted:
+        worst = max(counted, key=counted.get)
+        d = counted[worst]
+        message += (f"; every class within the allowed {max_class_drop:g} per class "
+                    f"(worst {worst!r}: {'drop' if d >= 0 else 'gain'} of {abs(d):.2f} points)")
+    absent = [n for n, d in class_drops.items() if d is None]
+    if absent and len(class_drops) > 1:
+        message += f"; not in the test split, so not gated: {', '.join(repr(n) for n in absent)}"
+    return mean_ok and not failed, message
 
 
 def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1e-5, data=None, num_calibration=200,
-               max_dice_drop=0.5, threads=2, verbose=1, log=print):
+               max_dice_drop=0.5, max_class_drop=1.0, threads=2, verbose=1, log=print):
     """Convert a trained model to every deployable TFLite file, evaluate them and write a report.
 
     Writes to `output` (default `<run>/tflite`):
 
     - `<name>_int8.tflite`: int8 from the QAT model (`qat_epochs` of fine-tuning with the run's
-      loss and data pipeline, from the float weights, after calibration);
+      task loss, metrics and data pipeline, from the float weights, after calibration);
     - `<name>_int8_ptq.tflite`: int8, post-training quantized;
     - `<name>_fp16.tflite`, `<name>_fp32.tflite`;
-    - `<file>.json` beside each: its I/O contract (`io_contract`);
+    - `<file>.json` beside each: its I/O contract (`io_contract`: classes, pixel formula,
+      output decoding);
     - `<name>_qat.keras`: the QAT model (ranges included), which `convert` turns into the int8
       file again;
     - `report.json` and `report.md`: per file size, ops with dtypes, float-op count, XNNPACK
-      partitions, and test-split Dice/IoU measured by running the file with LiteRT (XNNPACK,
-      `threads` threads), next to the float Keras model's; the quality gate.
+      partitions, and test-split Dice/IoU/HD95 (mean over foreground classes and per class)
+      measured by running the file with LiteRT (XNNPACK, `threads` threads), next to the float
+      Keras model's; the quality gate.
 
     Args:
         source: run folder, or `.keras` file with `data`.
@@ -259,7 +404,8 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         qat_lr: QAT peak learning rate.
         data: dataset folder (required with a `.keras` file; overrides a run's).
         num_calibration: training images for int8 calibration.
-        max_dice_drop: the quality gate, in Dice points.
+        max_dice_drop: the quality gate on the mean foreground Dice, in Dice points.
+        max_class_drop: the quality gate on each foreground class's Dice, in Dice points.
         threads: LiteRT threads for the evaluation.
         verbose: Keras verbosity for the fine-tuning.
         log: callable for progress lines.
@@ -267,16 +413,12 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
     Returns:
         the report dict (also in report.json), with `"gate": {"passed", "message", ...}`.
     """
-    import time
-
-    from keras_litenext.metrics import evaluate_model
-    from keras_litenext.utils import write_json
-
     if io not in IO_TYPES:
         raise ExportError(f"io must be one of {IO_TYPES}, got {io!r}.")
     if qat_epochs < 0:
         raise ExportError(f"qat_epochs must be >= 0, got {qat_epochs}.")
-    model, config, arrays, meta = load_source(source, data=data)
+    model, run, arrays, meta = load_source(source, data=data)
+    config, task = run.config, run.task
     name = name or model.name
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ExportError(f"name {name!r} must be letters, digits, '_', '-' or '.'.")
@@ -284,14 +426,14 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
     os.makedirs(output, exist_ok=True)
     train_images = arrays["train"][0]
     test_images, test_masks = arrays["test"]
-    x_test = test_images.astype(np.float32) / 255.0
     sizes = {k: int(len(v[0])) for k, v in arrays.items()}
-    log(f"Model {name} ({model.count_params():,} parameters), data {meta['data']} at {config['image_size']}px, "
-        f"train {sizes['train']} / val {sizes['val']} / test {sizes['test']} images")
+    classes = f", classes {', '.join(task.class_names)}" if task.output_channels > 1 else ""
+    log(f"Model {name} ({model.count_params():,} parameters), {task.name} task{classes}, data {meta['data']} at "
+        f"{config.image_size}px, train {sizes['train']} / val {sizes['val']} / test {sizes['test']} images")
 
     started = time.time()
-    float_result = evaluate_model(model, (x_test, test_masks.astype(np.float32)), batch_size=8)
-    log(f"float Keras test Dice {float_result['dice']['mean']:.4f}")
+    float_result = score_logits(task, test_masks, _predict(model, test_images))
+    log(f"float Keras test {task.summary_line(float_result)}")
 
     files = []
 
@@ -300,52 +442,66 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         t0 = time.time()
         data_bytes = build()
         write_bytes(path, data_bytes)
-        size = len(data_bytes)
-        contract = io_contract(path, name, kind, config, meta)
-        write_json(os.path.join(output, f"{name}_{kind}.json"), contract)
-        entry = _file_report(path, kind, test_images, test_masks, threads)
+        write_json(os.path.join(output, f"{name}_{kind}.json"), io_contract(path, name, kind, config, meta, task))
+        entry = _file_report(path, kind, test_images, test_masks, task, threads)
         entry["convert_seconds"] = round(time.time() - t0, 1)
         files.append(entry)
-        log(f"{os.path.basename(path)}: {size / 1024:.0f} KiB, {entry['op_count']} ops, {entry['float_op_count']} float ops, "
+        log(f"{os.path.basename(path)}: {len(data_bytes) / 1024:.0f} KiB, {entry['op_count']} ops, {entry['float_op_count']} float ops, "
             f"{entry['xnnpack']['partitions']} XNNPACK partitions, test Dice {entry['test']['dice']['mean']:.4f}")
 
     emit("fp32", lambda: convert(model, "fp32"))
     emit("fp16", lambda: convert(model, "fp16"))
     emit("int8_ptq", lambda: convert(model, "int8", representative_data=train_images, io=io, num_calibration=num_calibration))
 
-    log(f"QAT: calibrating, then fine-tuning {qat_epochs} epoch(s) at lr {qat_lr:g}")
+    log(f"QAT: calibrating, then fine-tuning {qat_epochs} epoch(s) at lr {qat_lr:g}, keeping the best {task.monitor}")
     from keras_litenext.qat_finetune import finetune_run
 
     qat = finetune_run(model, config, arrays, epochs=qat_epochs, lr=qat_lr, verbose=verbose, calibration_steps=max(1, num_calibration // 8))
-    qat_result = evaluate_model(qat, (x_test, test_masks.astype(np.float32)), batch_size=8)
+    qat_result = score_logits(task, test_masks, _predict(qat, test_images))
     with atomic_path(os.path.join(output, f"{name}_qat.keras")) as tmp:
         qat.save(tmp)
     emit("int8", lambda: convert(qat, "int8", representative_data=train_images, io=io, num_calibration=num_calibration))
 
+    float_test = _metrics_summary(float_result, task)
     report = {
         "model": name,
+        "task": task.name,
+        "class_names": list(task.class_names),
         "source": meta,
-        "config": {k: config.get(k) for k in ("model", "data", "image_size", "channels", "masks_suffix", "mask_threshold", "loss", "batch_size")},
+        "config": {k: _setting(config, k) for k in ("model", "data", "image_size", "channels", "masks_suffix", "mask_threshold", "loss", "batch_size")},
         "splits": sizes,
         "io": io,
-        "evaluation": f"test split ({sizes['test']} images), per-image Dice/IoU; .tflite files run with ai-edge-litert, XNNPACK, {threads} threads",
-        "keras_float": {"params": int(model.count_params()), "test": _metrics_summary(float_result)},
+        "evaluation": f"test split ({sizes['test']} images), per-image Dice/IoU/HD95"
+        + (" (mean over the foreground classes present, and per class)" if task.output_channels > 1 else "")
+        + f"; .tflite files run with ai-edge-litert, XNNPACK, {threads} threads",
+        "keras_float": {"params": int(model.count_params()), "test": float_test},
         "qat": {
             "epochs": int(qat_epochs),
             "lr": qat_lr,
+            "monitor": task.monitor,
+            "start_score": getattr(qat, "qat_start_score", None),
             "best_epoch": getattr(qat, "qat_best_epoch", None),
             "history": getattr(qat, "qat_history", None),
             "rsqrt_quantile_val_dice": {str(k): v for k, v in (getattr(qat, "rsqrt_quantile_scores", None) or {}).items()},
-            "keras_test": _metrics_summary(qat_result),
+            "keras_test": _metrics_summary(qat_result, task),
         },
         "files": sorted(files, key=lambda f: list(FILE_KINDS).index(f["kind"])),
         "seconds": round(time.time() - started, 1),
     }
-    float_dice = float_result["dice"]["mean"]
     for entry in report["files"]:
-        entry["dice_drop_points"] = round(100.0 * (float_dice - entry["test"]["dice"]["mean"]), 3)
-    passed, message = quality_gate(report, max_dice_drop)
-    report["gate"] = {"max_dice_drop_points": max_dice_drop, "passed": passed, "message": message}
+        drop, class_drops = dice_drops(float_test, entry["test"])
+        entry["dice_drop_points"] = None if drop is None else round(drop, 3)
+        entry["class_dice_drop_points"] = {n: None if d is None else round(d, 3) for n, d in class_drops.items()}
+    passed, message = quality_gate(report, max_dice_drop, max_class_drop)
+    int8 = next(f for f in report["files"] if f["kind"] == "int8")
+    report["gate"] = {
+        "max_dice_drop_points": max_dice_drop,
+        "max_class_drop_points": max_class_drop,
+        "dice_drop_points": int8["dice_drop_points"],
+        "class_dice_drop_points": int8["class_dice_drop_points"],
+        "passed": passed,
+        "message": message,
+    }
     report["output"] = os.path.abspath(output)
     write_json(os.path.join(output, "report.json"), report)
     with atomic_path(os.path.join(output, "report.md")) as tmp:
@@ -358,44 +514,76 @@ def _signature(op):
     return f"{','.join(op['inputs'])} -> {','.join(op['outputs'])}"
 
 
+def _fmt(value, spec=".4f"):
+    return "-" if value is None or not math.isfinite(float(value)) else format(float(value), spec)
+
+
+def _mean(test, key):
+    return (test.get(key) or {}).get("mean")
+
+
 def report_markdown(report):
-    """`report.md` of `export_run`: summary table, quality gate, then each file's ops with dtypes."""
+    """`report.md` of `export_run`: summary table, per-class Dice (K > 1), quality gate, then
+    each file's ops with dtypes."""
     f = report["keras_float"]["test"]
+    q = report["qat"]["keras_test"]
     lines = [
         f"# TFLite export of `{report['model']}`",
         "",
         f"Source: `{report['source'].get('run') or report['source'].get('model_path')}`; data `{report['source'].get('data')}` "
-        f"at {report['config']['image_size']}px, {report['config']['channels']} channel(s); "
-        f"splits train/val/test {report['splits']['train']}/{report['splits']['val']}/{report['splits']['test']}.",
+        f"at {report['config']['image_size']}px, {report['config']['channels']} channel(s); task {report.get('task', 'binary')}"
+        + (f" ({', '.join(report['class_names'])})" if len(report.get("class_names") or ()) > 2 else "")
+        + f"; splits train/val/test {report['splits']['train']}/{report['splits']['val']}/{report['splits']['test']}.",
         f"Evaluation: {report['evaluation']}.",
         "",
-        "| model | size | ops | float ops | XNNPACK partitions | test Dice | test IoU | Dice vs float (points) |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| Keras float32 | - | - | - | - | {f['dice']['mean']:.4f} | {f['iou']['mean']:.4f} | - |",
+        "| model | size | ops | float ops | XNNPACK partitions | test Dice | test IoU | test HD95 (px) | Dice vs float (points) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| Keras float32 | - | - | - | - | {_fmt(_mean(f, 'dice'))} | {_fmt(_mean(f, 'iou'))} | {_fmt(_mean(f, 'hd95'), '.2f')} | - |",
     ]
-    q = report["qat"]["keras_test"]
-    lines.append(f"| Keras QAT (simulated int8) | - | - | - | - | {q['dice']['mean']:.4f} | {q['iou']['mean']:.4f} | "
-                 f"{100 * (q['dice']['mean'] - f['dice']['mean']):+.2f} |")
+    q_drop, _ = dice_drops(f, q)
+    lines.append(f"| Keras QAT (simulated int8) | - | - | - | - | {_fmt(_mean(q, 'dice'))} | {_fmt(_mean(q, 'iou'))} | "
+                 f"{_fmt(_mean(q, 'hd95'), '.2f')} | {_fmt(None if q_drop is None else -q_drop, '+.2f')} |")
     for e in report["files"]:
+        t, drop = e["test"], e.get("dice_drop_points")
         lines.append(
             f"| `{e['file']}` ({e['description']}) | {e['size_bytes'] / 1024:.0f} KiB | {e['op_count']} | {e['float_op_count']} | "
-            f"{e['xnnpack']['partitions']} | {e['test']['dice']['mean']:.4f} | {e['test']['iou']['mean']:.4f} | {-e['dice_drop_points']:+.2f} |"
+            f"{e['xnnpack']['partitions']} | {_fmt(_mean(t, 'dice'))} | {_fmt(_mean(t, 'iou'))} | {_fmt(_mean(t, 'hd95'), '.2f')} | "
+            f"{_fmt(None if drop is None else -drop, '+.2f')} |"
         )
+    names = list(f.get("per_class") or {})
+    if len(names) > 1:
+        lines += ["", "Per-class test Dice (points vs float in brackets; HD95 in pixels):", "",
+                  "| model | " + " | ".join(f"{n} Dice | {n} HD95" for n in names) + " |",
+                  "|---|" + "---|---|" * len(names)]
+
+        def row(label, test):
+            cells = []
+            for n in names:
+                c, fc = test["per_class"][n], f["per_class"][n]
+                dice, ref = _mean(c, "dice"), _mean(fc, "dice")
+                diff = "" if test is f or dice is None or ref is None else f" ({100 * (dice - ref):+.2f})"
+                cells.append(f"{_fmt(dice)}{diff} | {_fmt(_mean(c, 'hd95'), '.2f')}")
+            return f"| {label} | " + " | ".join(cells) + " |"
+
+        lines.append(row("Keras float32", f))
+        lines.append(row("Keras QAT (simulated int8)", q))
+        lines += [row(f"`{e['file']}`", e["test"]) for e in report["files"]]
     gate = report["gate"]
     lines += [
         "",
-        f"Quality gate (max drop {gate['max_dice_drop_points']:g} points): **{'PASSED' if gate['passed'] else 'FAILED'}**: {gate['message']}.",
+        f"Quality gate (max drop {gate['max_dice_drop_points']:g} points in mean Dice, "
+        f"{gate.get('max_class_drop_points', gate['max_dice_drop_points']):g} per class): "
+        f"**{'PASSED' if gate['passed'] else 'FAILED'}**: {gate['message']}.",
         f"QAT: {report['qat']['epochs']} epoch(s) at lr {report['qat']['lr']:g}, kept epoch {report['qat']['best_epoch']} "
-        "(0 = the calibrated model, before fine-tuning).",
+        f"of the best {report['qat'].get('monitor', 'val_dice')} (0 = the calibrated model, before fine-tuning).",
     ]
     scores = report["qat"].get("rsqrt_quantile_val_dice") or {}
     if scores:
-        chosen = max(scores, key=scores.get)
+        finite = {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
+        chosen = max(finite, key=finite.get) if finite else None
         lines.append("Layer-norm 1/sqrt(variance) range end, simulated val Dice per candidate (None = max): "
-                     + ", ".join(f"{k}: {v:.4f}" for k, v in scores.items()) + f"; kept {chosen}.")
-    lines += [
-        "",
-    ]
+                     + ", ".join(f"{k}: {_fmt(v)}" for k, v in scores.items()) + f"; kept {chosen}.")
+    lines.append("")
     for e in report["files"]:
         lines += [f"## `{e['file']}`", ""]
         lines.append(f"Input {e['input']['dtype']} {e['input']['shape']} (scale {e['input']['scale']}, zero point {e['input']['zero_point']}); "
@@ -416,4 +604,3 @@ def report_markdown(report):
             lines.append(f"| {op} | {n} | {sig} |")
         lines.append("")
     return "\n".join(lines)
-

@@ -1,10 +1,11 @@
 """Quantization-aware fine-tuning of a trained model: the application above the QAT core.
 
 `keras_litenext.quantization` rewrites and calibrates graphs and knows nothing of losses, data
-or run folders; this module fine-tunes a QAT model with a training loss and data pipeline
-(`qat_finetune`) and does it for a training run (`finetune_run`).
+or run folders; this module fine-tunes a QAT model with a task's loss, metrics and data
+pipeline (`qat_finetune`) and does it for a training run (`finetune_run`).
 """
 
+import dataclasses
 import math
 
 import keras
@@ -12,27 +13,36 @@ import numpy as np
 
 from keras_litenext.quantization import calibrate, choose_rsqrt_quantile, is_qat_model, quantize_model, tie_ranges
 
-__all__ = ["finetune_run", "qat_finetune"]
+__all__ = ["finetune_run", "qat_finetune", "val_score_fn"]
+
+
+class _TieRanges(keras.callbacks.Callback):
+    """Tie the concatenation ranges before every validation, so each epoch is scored (and kept)
+    as the int8 file will compute it: fine-tuning's moving averages move tied ranges apart."""
+
+    def on_test_begin(self, logs=None):
+        tie_ranges(self.model)
 
 
 class _KeepBest(keras.callbacks.Callback):
     """Keep the weights (and ranges) of the best `monitor` epoch, the calibrated start included."""
 
-    def __init__(self, monitor="val_dice", start_value=None):
+    def __init__(self, monitor="val_dice", mode="max", start_value=None, start_weights=None):
         super().__init__()
-        self.monitor, self.best, self.weights = monitor, start_value, None
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+        self.monitor, self.mode = monitor, mode
+        self.best, self.weights = start_value, start_weights
+        self.best_epoch = 0 if start_value is not None else None
 
-    def set_model(self, model):
-        super().set_model(model)
-        if self.best is not None and self.weights is None:
-            self.weights = [np.array(w) for w in model.get_weights()]
-        self.best_epoch = 0 if self.best is not None else None
+    def _better(self, value):
+        return self.best is None or (value > self.best if self.mode == "max" else value < self.best)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None or not math.isfinite(float(value)):
             return
-        if self.best is None or float(value) > self.best:
+        if self._better(float(value)):
             self.best, self.best_epoch = float(value), epoch + 1
             self.weights = [np.array(w) for w in self.model.get_weights()]
 
@@ -41,9 +51,17 @@ class _KeepBest(keras.callbacks.Callback):
             self.model.set_weights(self.weights)
 
 
+def _output_task(model):
+    from keras_litenext.tasks import get_task
+
+    channels = int(model.outputs[0].shape[-1])
+    return get_task(num_classes=2 if channels == 1 else channels)
+
+
 def qat_finetune(
-    model, train_ds, val_ds=None, epochs=3, lr=1e-5, loss="bce_dice", weight_decay=1e-2,
-    calibration_data=None, calibration_steps=32, keep_best=True, verbose="auto", callbacks=(), jit_compile=False,
+    model, train_ds, val_ds=None, epochs=3, lr=1e-5, loss=None, metrics=None, monitor="val_dice", mode="max",
+    weight_decay=1e-2, calibration_data=None, calibration_steps=32, keep_best=True, verbose="auto", callbacks=(),
+    jit_compile=False,
 ):
     """Quantization-aware fine-tuning, starting from float weights and calibrated ranges.
 
@@ -52,55 +70,70 @@ def qat_finetune(
         train_ds: training batches `(image, mask)`, e.g. from `keras_litenext.training.build_datasets`
             (same augmentation as training).
         val_ds: optional validation batches; with `keep_best`, the weights of the best
-            validation Dice are kept (the calibrated start counts, so fine-tuning never makes
-            the validation Dice worse than plain calibration).
+            `monitor` epoch are kept (the calibrated start counts, so fine-tuning never makes
+            the validation score worse than plain calibration).
         epochs: int, fine-tuning epochs. 0 only calibrates.
         lr: peak learning rate (cosine decay to 1 % of it). Defaults to 1e-5, where a
             training run's cosine schedule ends (1e-3 x 1 %); larger rates moved a converged
             LiteNeXt away from its optimum faster than they removed quantization error.
-        loss: a `keras.losses.Loss` or a name for `keras_litenext.losses.get_loss`.
+        loss: a `keras.losses.Loss`, or a name for `keras_litenext.losses.get_loss` (for the
+            model's output channels); None: the default loss of the task of the output (one
+            channel: binary, K: multi-class). A run passes its own (`training.task_loss`).
+        metrics: Keras metrics for `compile`; None: the metrics of the task of the output
+            (`tasks.SegmentationTask.metrics`). They must include `monitor` without `val_`.
+        monitor: the validation value that picks the kept epoch (a task's `monitor`).
+        mode: `"max"` or `"min"` for `monitor` (a task's `monitor_mode`).
         weight_decay: AdamW weight decay.
         calibration_data: images or batches to calibrate the ranges on; defaults to `train_ds`.
         calibration_steps: batches used for calibration. Defaults to 32.
-        keep_best: restore the weights of the best validation Dice at the end.
+        keep_best: restore the weights of the best validation epoch at the end.
         verbose: passed to `fit`.
         callbacks: extra Keras callbacks.
         jit_compile: compile the training step with XLA (worth it on a GPU; on a CPU tracing
             takes minutes). Defaults to False.
 
     Returns:
-        The fine-tuned QAT model (compiled), ready for `keras_litenext.export.convert(qat, "int8", ...)`.
-        Its `qat_history` attribute holds the `fit` history (None when epochs is 0) and
-        `qat_best_epoch` the epoch kept (0: the calibrated start).
+        The fine-tuned QAT model (compiled), ready for `keras_litenext.tflite.convert(qat, "int8", ...)`.
+        Its `qat_history` attribute holds the `fit` history (None when epochs is 0),
+        `qat_start_score` the `monitor` value of the calibrated start (None without `val_ds`)
+        and `qat_best_epoch` the epoch kept (0: the calibrated start).
     """
-    from keras_litenext.losses import get_loss
-    from keras_litenext.metrics import get_metrics
-
     qat = model if is_qat_model(model) else quantize_model(model)
     calibrate(qat, calibration_data if calibration_data is not None else train_ds, steps=calibration_steps)
-    loss = get_loss(loss) if isinstance(loss, str) else loss
+    if loss is None or isinstance(loss, str):
+        task = _output_task(qat)
+        loss = task.loss(loss)
+    if metrics is None:
+        metrics = _output_task(qat).metrics()
     steps = _cardinality(train_ds)
     schedule = lr
     if steps and epochs:
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * epochs, alpha=1e-2)
     qat.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay), loss=loss, metrics=get_metrics(), jit_compile=jit_compile
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=weight_decay), loss=loss, metrics=metrics, jit_compile=jit_compile
     )
-    qat.qat_history, qat.qat_best_epoch = None, 0
+    qat.qat_history, qat.qat_best_epoch, qat.qat_start_score = None, 0, None
     if not epochs:
         return qat
-    callbacks = [keras.callbacks.TerminateOnNaN(), *callbacks]
+    callbacks = [keras.callbacks.TerminateOnNaN(), _TieRanges(), *callbacks]
     keeper = None
-    if keep_best and val_ds is not None:
-        start = qat.evaluate(val_ds, verbose=0, return_dict=True).get("dice")
-        keeper = _KeepBest("val_dice", start_value=None if start is None else float(start))
-        callbacks.append(keeper)
+    if val_ds is not None:
+        key = monitor[4:] if monitor.startswith("val_") else monitor
+        start = qat.evaluate(val_ds, verbose=0, return_dict=True)
+        if key not in start:
+            raise ValueError(f"qat_finetune: monitor {monitor!r} is not among the compiled metrics ({', '.join(sorted(start))}).")
+        qat.qat_start_score = float(start[key])
+        if keep_best:
+            start_value = qat.qat_start_score if math.isfinite(qat.qat_start_score) else None
+            keeper = _KeepBest(monitor, mode=mode, start_value=start_value,
+                               start_weights=[np.array(w) for w in qat.get_weights()] if start_value is not None else None)
+            callbacks.append(keeper)
     history = qat.fit(
         train_ds, validation_data=val_ds, epochs=int(epochs), callbacks=callbacks, verbose=verbose, shuffle=False
     )
     qat.qat_history = history.history
     qat.qat_best_epoch = keeper.best_epoch if keeper is not None else int(epochs)
-    tie_ranges(qat)  # the moving averages of fine-tuning move tied ranges apart
+    tie_ranges(qat)  # the last epoch's moving averages, when no validation tied them
     return qat
 
 
@@ -112,39 +145,58 @@ def _cardinality(ds):
     return n if n > 0 else None
 
 
+def val_score_fn(task, images, masks, batch_size=8):
+    """`score(model) -> float`: the mean per-image foreground Dice of `task` on uint8 `images`
+    and label `masks` (NaN when no image holds a foreground class), the score
+    `quantization.choose_rsqrt_quantile` ranks candidates by. Runs the model eagerly, as
+    calibration does, so each candidate costs no tracing."""
+    x = np.asarray(images).astype(np.float32) / 255.0
+
+    def score(model):
+        logits = np.concatenate([
+            keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)
+        ])
+        dice = np.asarray(task.scores(masks, logits, hd95=False)["dice"], np.float64)
+        dice = dice[~np.isnan(dice)]
+        return float(dice.mean()) if dice.size else float("nan")
+
+    return score
+
+
 def finetune_run(model, config, arrays, epochs=3, lr=1e-5, verbose="auto", calibration_steps=32):
-    """`qat_finetune` with a training run's loss, batch size and data pipeline.
+    """`qat_finetune` with a training run's task (loss, metrics, monitor), batch size and data
+    pipeline.
 
     Args:
         model: the run's float model (`best.keras`).
-        config: the run's `keras_litenext.training.TrainConfig` (or its dict, from config.json).
+        config: the run's `keras_litenext.runs.TrainConfig` (or its dict, from config.json).
         arrays: `{"train": (images, masks), "val": (images, masks), ...}` uint8 arrays, as
-            `training.train` splits them (`data.select` with the run's `splits.json`). The
-            layer norms' `rsqrt_quantile` is chosen on the val split (`choose_rsqrt_quantile`);
-            the returned model's `rsqrt_quantile_scores` holds the val Dice of each candidate.
+            `runs.Run.arrays` gives them. The layer norms' `rsqrt_quantile` is chosen on the
+            val split by the task's mean foreground Dice (`choose_rsqrt_quantile`); the
+            returned model's `rsqrt_quantile_scores` holds the score of each candidate.
         epochs, lr, verbose, calibration_steps: as in `qat_finetune`.
     """
-    from keras_litenext.losses import get_loss
-    from keras_litenext.training import TrainConfig, build_datasets
+    from keras_litenext.runs import TrainConfig
+    from keras_litenext.training import build_datasets, task_loss
 
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     if config.serp:  # the QAT model is the plain inference model; fine-tune it without SeRP views
-        config = TrainConfig.from_dict({**config.to_dict(), "serp": False})
-    loss_kwargs = {}
-    if config.loss == "mwl":
-        w_m, w_o, w_b = config.mwl_weights
-        loss_kwargs = dict(w_margin=w_m, w_object=w_o, w_background=w_b, kernel_size=config.mwl_kernel)
+        config = dataclasses.replace(config, serp=False)
+    task = config.task_spec
     train_ds, val_ds = build_datasets(config, arrays)
     calibration = arrays["train"][0]
+    val_images, val_masks = arrays.get("val", (np.zeros((0,), np.uint8), None))
+    has_val = len(val_images) > 0
     qat = quantize_model(model)
     scores = None
-    if len(arrays.get("val", ((), ()))[0]):
-        scores = choose_rsqrt_quantile(qat, calibration, *arrays["val"], steps=min(8, calibration_steps), calibrate_best=False)
+    if has_val:
+        scores = choose_rsqrt_quantile(qat, calibration, val_score_fn(task, val_images, val_masks, config.batch_size),
+                                       steps=min(8, calibration_steps), calibrate_best=False)
     qat = qat_finetune(
-        qat, train_ds, val_ds, epochs=epochs, lr=lr, loss=get_loss(config.loss, **loss_kwargs),
-        weight_decay=config.weight_decay, calibration_data=calibration, calibration_steps=calibration_steps,
-        verbose=verbose, jit_compile=_jit(config.jit_compile),
+        qat, train_ds, val_ds if has_val else None, epochs=epochs, lr=lr, loss=task_loss(config), metrics=task.metrics(),
+        monitor=task.monitor, mode=task.monitor_mode, weight_decay=config.weight_decay, calibration_data=calibration,
+        calibration_steps=calibration_steps, verbose=verbose, jit_compile=_jit(config.jit_compile),
     )
     qat.rsqrt_quantile_scores = scores
     return qat

@@ -456,7 +456,6 @@ JAX_SCRIPT = textwrap.dedent(
     mc = get_loss("mwl", 3, kernel_size=5, w_margin=7.0, w_object=11.0, w_background=13.0)
     out["mc_mwl_jit"] = float(jax.jit(lambda t: mc(labels, t))(z3))
     out["mc_ce_dice"] = float(get_loss("ce_dice", 3, class_weights=(0.5, 1.0, 2.0))(labels, z3))
-    out["mc_grad_finite"] = bool(np.all(np.isfinite(np.asarray(jax.grad(lambda t: mc(labels, t))(z3)))))
     out["mc_map"] = np.asarray(multiclass_weight_map(labels, 3, 5, 7.0, 11.0, 13.0)).tolist()
     print("RESULT" + json.dumps(out))
     """
@@ -497,7 +496,6 @@ def test_losses_on_jax_backend(tmp_path):
     assert out["mc_mwl_jit"] == pytest.approx((ce + dice).mean(), rel=1e-5)
     ce, dice = np_ce_dice(labels, z3, 3, class_weights=(0.5, 1.0, 2.0))
     assert out["mc_ce_dice"] == pytest.approx((ce + dice).mean(), rel=1e-5)
-    assert out["mc_grad_finite"]
 
 
 def test_module_uses_keras_only():
@@ -578,9 +576,9 @@ def test_multiclass_map_hand_3_classes():
 
 @pytest.mark.parametrize("k", [3, 4, 7])
 def test_multiclass_map_k2_equals_binary_map(k):
-    rng = np.random.default_rng(k)
-    fg = (rng.random((2, 13, 11, 1)) > 0.35).astype(np.float32)
+    fg, _ = random_batch(k, shape=(3, 22, 20, 1))  # sparse rectangles: background far from objects too
     fg[0, :, :4] = 1  # touching three borders
+    fg[2] = (np.random.default_rng(k).random((22, 20, 1)) > 0.35).astype(np.float32)
     expected = to_np(marginal_weight_map(fg, k, 7, 11, 13))[..., 0]
     for labels in (fg, fg[..., 0].astype(np.int32), np.concatenate([1 - fg, fg], -1)):
         np.testing.assert_array_equal(to_np(L.multiclass_weight_map(labels, 2, k, 7, 11, 13)), expected)

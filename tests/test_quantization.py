@@ -247,3 +247,82 @@ def test_rsqrt_range_end_is_chosen_by_an_injected_score(tiny):
         Q.calibrate(qat, images, steps=1)
         tops[candidate] = qat.get_layer("stem_norm").ranges()["rsqrt"][1]
     assert tops[0.3] < 0.8 * tops[None]
+
+
+def hard_swish_block(inputs):
+    """MobileNetV3's squeeze-excite with its hard sigmoid written as keras.ops arithmetic."""
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    s = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(x)
+    s = layers.Conv2D(8, 1, name="squeeze")(s)
+    s = layers.ReLU(6.0, name="relu6")(s + 3.0) * (1.0 / 6.0)  # keras.ops add / multiply nodes
+    x = layers.Multiply(name="excite")([x, s])
+    x = keras.ops.maximum(x, np.linspace(-0.5, 0.5, 8).astype("float32"))  # an array constant
+    return layers.Conv2D(1, 1, name="head")(x)
+
+
+def test_keras_ops_nodes_get_quantizers_and_convert_to_int8():
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, hard_swish_block(inputs))
+    qat = Q.quantize_model(model)
+    names = {layer.name for layer in qat.layers}
+    assert {"add_quant", "multiply_quant", "maximum_quant", "relu6_quant", "excite_quant"} <= names
+    images = blob_images(n=8, size=16)[0]
+    Q.set_quant_mode(qat, "float")
+    np.testing.assert_allclose(run_eager(qat, images), run_eager(model, images), atol=1e-5)
+    Q.calibrate(qat, images)
+
+    pytest.importorskip("tensorflow")
+    from keras_litenext import tflite
+
+    data = tflite.convert(qat, "int8", representative_data=images)
+    info = tflite.inspect_tflite(data)
+    assert sum(info["float_ops"].values()) == 0, info["float_ops"]
+    assert {"ADD", "MUL", "MAXIMUM"} <= set(info["op_counts"])
+    # the file computes what the simulation computes (within a few output steps)
+    scale = info["output"]["scale"]
+    assert np.abs(tflite.run_tflite(data, images) - run_eager(qat, images)).max() <= 3 * scale
+
+
+def test_keras_ops_node_without_a_rule_is_named_with_the_fix():
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, layers.Conv2D(4, 1, name="conv")(inputs) / 6.0)
+    with pytest.raises(Q.UnsupportedLayerError) as err:
+        Q.quantize_model(model)
+    message = str(err.value)
+    assert "keras.ops node" in message and "keras.ops.true_divide" in message and "reciprocal" in message
+    supported = message.split("Rules exist for:")[1]
+    assert "keras.ops.true_divide" not in supported and "keras.layers.Add" in supported
+    assert "keras.ops.add" in supported
+
+
+def test_rejection_never_lists_the_rejected_class():
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, Mystery(name="mystery")(inputs))
+    with pytest.raises(Q.UnsupportedLayerError) as err:
+        Q.quantize_model(model)
+    assert "Mystery" not in str(err.value).split("Rules exist for:")[1]
+
+
+def test_rules_are_open_and_found_by_mro():
+    class Doubler(layers.Layer):  # arithmetic: a rule of its own, registered beside it
+        def call(self, x):
+            return x * 2.0
+
+    class LoudDoubler(Doubler):  # a subclass keeps its parent's copy-and-quantize rule
+        pass
+
+    class WeirdConv(layers.Conv2D):  # overrides call: the Conv2D rule would drop its math
+        def call(self, x):
+            return super().call(x) * 2.0
+
+    rule = Q.register_quant_rule(Doubler, Q.QuantRule(output=Q.OWN))
+    assert Q.get_quant_rule(LoudDoubler()) is rule
+    inputs = keras.Input((8, 8, 3))
+    qat = Q.quantize_model(keras.Model(inputs, LoudDoubler(name="loud")(layers.Conv2D(4, 1, name="c")(inputs))))
+    assert isinstance(qat.get_layer("loud"), LoudDoubler) and qat.get_layer("loud_quant")
+    with pytest.raises(ValueError, match="already has a rule"):
+        Q.register_quant_rule(Doubler, Q.QuantRule())
+    weird = keras.Model(inputs, WeirdConv(4, 1, name="weird")(inputs))
+    with pytest.raises(Q.UnsupportedLayerError, match=r"'weird' \(WeirdConv\).*register_quant_rule"):
+        Q.quantize_model(weird)

@@ -11,17 +11,21 @@ Writes, into --output (default RUN/tflite):
     <name>_fp16.tflite      float16 weights
     <name>_fp32.tflite      float32
     <name>_qat.keras        the quantization-aware model (weights and int8 ranges)
-    <file>.json             each file's I/O contract (input scale/zero point, pixel mapping,
-                            output meaning, model and training data)
+    <file>.json             each file's I/O contract (classes, input scale/zero point, pixel
+                            mapping, output shape, meaning and decoding, model and training data)
     report.json, report.md  size, ops with dtypes, float-op count, XNNPACK partitions and
-                            test-split Dice/IoU of every file, next to the float Keras model's
+                            test-split Dice/IoU/HD95 of every file (per class too), next to the
+                            float Keras model's
 
-A run folder brings its dataset, image size, loss and splits (calibration and QAT use the train
-split, evaluation the test split). A .keras file needs --data and is split 80/10/10 (seed 42).
+A run folder brings its dataset, image size, task (binary or multi-class, class names), loss
+and splits (calibration and QAT use the train split, the rsqrt range and the kept QAT epoch the
+val split, evaluation the test split). A .keras file needs --data and is split 80/10/10 (seed
+42); its task is read off its output channels (class names from classes.json beside the data).
 
-Exit status: 0 when the int8 file's test Dice is within --max-dice-drop points of the float
-model's; 3 when it is not (the files and the report are written all the same; --force returns
-0); 1 for bad input (one line on stderr).
+Exit status: 0 when the int8 file's test Dice (mean over the foreground classes) is within
+--max-dice-drop points of the float model's and every class's within --max-class-drop; 3 when
+not (the files and the report are written all the same; --force returns 0); 1 for bad input
+(one line on stderr).
 """
 
 import os
@@ -44,7 +48,10 @@ def main(argv=None):
     p.add_argument("--qat-epochs", type=int, default=3, help="quantization-aware fine-tuning epochs (default 3; 0 = calibration only)")
     p.add_argument("--qat-lr", type=float, default=1e-5, help="QAT peak learning rate (default 1e-5)")
     p.add_argument("--calibration-images", type=int, default=200, help="training images used to calibrate int8 ranges (default 200)")
-    p.add_argument("--max-dice-drop", type=float, default=0.5, help="quality gate: largest allowed int8 Dice drop, in points (default 0.5)")
+    p.add_argument("--max-dice-drop", type=float, default=0.5,
+                   help="quality gate: largest allowed drop of the int8 file's mean foreground Dice, in points (default 0.5)")
+    p.add_argument("--max-class-drop", type=float, default=1.0,
+                   help="quality gate: largest allowed int8 Dice drop of any one foreground class, in points (default 1.0)")
     p.add_argument("--force", action="store_true", help="exit 0 even when the quality gate fails")
     p.add_argument("--threads", type=int, default=2, help="LiteRT threads for the evaluation (default 2)")
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity of the fine-tuning (default 2)")
@@ -59,7 +66,7 @@ def main(argv=None):
         report = export_run(
             args.source, output=args.output, name=args.name, io=args.io, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
             data=args.data, num_calibration=args.calibration_images, max_dice_drop=args.max_dice_drop,
-            threads=args.threads, verbose=args.verbose,
+            max_class_drop=args.max_class_drop, threads=args.threads, verbose=args.verbose,
         )
     except (ExportError, ConversionError, data_lib.DatasetError, FileNotFoundError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)

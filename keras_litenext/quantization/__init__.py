@@ -60,7 +60,13 @@ from keras_litenext.quantization.graph import (
     set_quant_mode,
     uncalibrated_quantizers,
 )
-from keras_litenext.quantization.keras_rules import ConcatRepeatVector, QuantConv2D, QuantDense, QuantDepthwiseConv2D
+from keras_litenext.quantization.keras_rules import (
+    ConcatRepeatVector,
+    QuantConstantOp,
+    QuantConv2D,
+    QuantDense,
+    QuantDepthwiseConv2D,
+)
 from keras_litenext.quantization.rules import (
     KEEP,
     OWN,
@@ -98,6 +104,7 @@ __all__ = [
     "SELF",
     "ConcatRepeatVector",
     "FakeQuant",
+    "QuantConstantOp",
     "QuantConv2D",
     "QuantDense",
     "QuantDepthwiseConv2D",

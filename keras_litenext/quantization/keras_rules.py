@@ -13,9 +13,9 @@ layers are copied, and their rule says how their output is quantized:
 
 `keras.ops` arithmetic written into a functional graph (`x + 3.0`, `x * (1 / 6)`, `ops.relu6`,
 as `keras.applications.MobileNetV3` does) follows the same rules: an add, product or
-activation node gets its own `FakeQuant`, array constants are put on the int8 grid the
-converter gives them (a scalar already is: it is an end of its own range), shape ops keep their
-input's scale. Nodes without a rule (`ops.divide`, `ops.exp`, ...) raise an error that names the
+activation node gets its own `FakeQuant`; an array constant operand is put on the int8 grid
+the converter gives it (`QuantConstantOp`; a scalar already is on it: it is an end of its own
+range); shape ops keep their input's scale. Nodes without a rule (`ops.divide`, `ops.exp`, ...) raise an error that names the
 node and the layer to use instead.
 """
 
@@ -40,6 +40,7 @@ from keras_litenext.quantization.rules import (
     OWN,
     SAME,
     QuantRule,
+    display_name,
     register_quant_rule,
     unsupported_error,
 )
@@ -198,17 +199,67 @@ register_quant_rule(layers.Lambda, QuantRule(reject="Lambda layers cannot be ana
 # ----------------------------------------------------------------------------------------------
 # keras.ops nodes of a functional graph
 # ----------------------------------------------------------------------------------------------
+def _array_constant(args):
+    """`(position, array)` of the one non-scalar constant operand of a binary op, or None."""
+    if len(args) != 2 or sum(isinstance(a, keras.KerasTensor) for a in args) != 1:
+        return None
+    position = 0 if not isinstance(args[0], keras.KerasTensor) else 1
+    value = args[position]
+    return None if np.ndim(value) == 0 else (position, np.asarray(ops.convert_to_numpy(value), "float32"))
+
+
+_ELEMENTWISE = {"add": ops.add, "subtract": ops.subtract, "multiply": ops.multiply, "maximum": ops.maximum, "minimum": ops.minimum}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantConstantOp(QuantLayerMixin, layers.Layer):
+    """A `keras.ops` elementwise op of a tensor and an array constant, the constant on the int8
+    grid the converter gives it (per tensor, `[min(c, 0), max(c, 0)]`) in "quantize" mode and
+    exact in "float" mode.
+
+    Args:
+        op: `"add"`, `"subtract"`, `"multiply"`, `"maximum"` or `"minimum"`.
+        constant: the array operand (nested lists or an array).
+        constant_first: bool, the constant is the first operand (`c - x`). Defaults to False.
+        decay: unused (no range of its own; the output's `FakeQuant` follows it).
+    """
+
+    def __init__(self, op, constant, constant_first=False, decay=0.99, **kwargs):
+        super().__init__(**kwargs)
+        if op not in _ELEMENTWISE:
+            raise ValueError(f"{self.name}: op must be one of {tuple(_ELEMENTWISE)}, got {op!r}.")
+        self.op = op
+        self.constant = np.asarray(constant, "float32")
+        self.constant_first = bool(constant_first)
+        self._init_quant(decay)
+
+    def call(self, inputs):
+        c = ops.convert_to_tensor(self.constant)
+        if self.quant_mode == "quantize":
+            c = quantize_constant(c)
+        a, b = (c, inputs) if self.constant_first else (inputs, c)
+        return _ELEMENTWISE[self.op](a, b)
+
+    def get_config(self):
+        return {**super().get_config(), "op": self.op, "constant": self.constant.tolist(), "constant_first": self.constant_first}
+
+
 class _OpsArithmeticRule(QuantRule):
-    """An elementwise `keras.ops` add/subtract/multiply/maximum/minimum: own output scale; an
-    array operand that is a constant goes on the int8 grid the converter gives it."""
+    """An elementwise `keras.ops` add/subtract/multiply/maximum/minimum gets its own output
+    scale. A scalar operand is left as it is (it is an end of its own range, so on its grid); an
+    array operand makes the node a `QuantConstantOp`, which quantizes it as the converter does."""
+
+    def quantize(self, layer, decay):
+        constant = _array_constant(layer._inbound_nodes[0].arguments.args)
+        if constant is None:
+            return super().quantize(layer, decay)
+        op = display_name(type(layer)).rpartition(".")[2]
+        return QuantConstantOp(op, constant[1], constant_first=constant[0] == 0, decay=decay, name=layer.name, dtype="float32")
 
     def call_arguments(self, layer, args, kwargs):
-        def constant(value):
-            if isinstance(value, keras.KerasTensor) or np.ndim(value) == 0:
-                return value  # a tensor, or a scalar (already on its own grid)
-            return np.asarray(ops.convert_to_numpy(quantize_constant(np.asarray(value, "float32"))))
-
-        return tuple(constant(a) for a in args), kwargs
+        if _array_constant(layer._inbound_nodes[0].arguments.args) is None:
+            return args, kwargs
+        return tuple(a for a in args if isinstance(a, keras.KerasTensor)), {}
 
 
 def _ops_classes(module, *names):

@@ -1,0 +1,154 @@
+"""The contract every registered model family keeps; a new family is checked by registering it.
+
+For each `list_models()` entry: it builds at its default and at a small size, is one flat
+functional graph of standard or registered layers, survives a `.keras` round trip bit for bit,
+runs under the JAX backend, rejects a size that breaks its `size_multiple` with a message that
+names the multiple, has the feature layers its spec names, has a PyTorch name for every
+weighted layer when the spec maps them, and converts to a full-int8 TFLite file through
+`quantize_model` + `calibrate` with no float op left.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_litenext as kl
+from keras_litenext import quantization as Q
+from keras_litenext.models import registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEGMENTATION_TASKS = {"binary", "multiclass"}
+
+
+def small_shape(spec):
+    """The smallest square input the contract runs at: two output strides, at least 32 pixels."""
+    side = max(2 * spec.size_multiple, 32)
+    side = -(-side // spec.size_multiple) * spec.size_multiple
+    return (side, side, spec.default_input_shape[-1])
+
+
+@pytest.fixture(scope="module", params=kl.list_models())
+def case(request, tmp_path_factory):
+    """`(spec, model at the small size, images, outputs, saved .keras path)` of one family."""
+    spec = kl.get_spec(request.param)
+    keras.utils.set_random_seed(0)
+    model = kl.create_model(spec.name, input_shape=small_shape(spec))
+    images = np.random.default_rng(0).random((4, *small_shape(spec)), dtype=np.float32)
+    outputs = keras.ops.convert_to_numpy(model(images, training=False))
+    path = tmp_path_factory.mktemp(spec.name) / f"{spec.name}.keras"
+    model.save(path)
+    return spec, model, images, outputs, path
+
+
+def test_spec_is_complete(case):
+    spec, model, *_ = case
+    assert spec.description and spec.tasks and spec.size_multiple >= 1
+    assert registry.get_spec(spec.name) is spec and spec.name in kl.list_models(task=spec.tasks[0])
+    assert registry.spec_of(model) is spec
+
+
+def test_builds_at_default_and_small_size(case):
+    spec, model, images, outputs, _ = case
+    default = kl.create_model(spec.name)
+    assert tuple(default.input_shape[1:]) == tuple(spec.default_input_shape)
+    assert registry.spec_of(default) is spec and default.name == spec.name
+    assert np.isfinite(outputs).all() and outputs.shape[0] == len(images)
+    if set(spec.tasks) <= SEGMENTATION_TASKS:  # per-pixel logits at the input resolution
+        assert outputs.shape[1:3] == images.shape[1:3]
+
+
+def test_flat_graph_of_standard_or_registered_layers(case):
+    _, model, *_ = case
+    for layer in model.layers:
+        assert not isinstance(layer, keras.Model), f"{layer.name} is a nested model"
+        cls = type(layer)
+        assert cls.__module__.startswith("keras.") or ">" in keras.saving.get_registered_name(cls), (
+            f"{layer.name} ({cls.__name__}) is neither a Keras layer nor a registered serializable"
+        )
+    names = [layer.name for layer in model.layers]
+    assert len(names) == len(set(names))
+
+
+def test_keras_round_trip_is_identical(case):
+    spec, _, images, outputs, path = case
+    restored = keras.saving.load_model(path)
+    assert registry.spec_of(restored) is spec
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored(images, training=False)), outputs)
+
+
+def test_runs_under_jax(case, tmp_path):
+    pytest.importorskip("jax")
+    spec, _, images, outputs, path = case
+    np.save(tmp_path / "images.npy", images)
+    code = textwrap.dedent(
+        f"""
+        import keras, numpy as np
+        assert keras.backend.backend() == "jax", keras.backend.backend()
+        import keras_litenext as kl
+        images = np.load({str(tmp_path / "images.npy")!r})
+        loaded = keras.saving.load_model({str(path)!r})
+        out = np.asarray(loaded(images, training=False))
+        fresh = kl.create_model({spec.name!r}, input_shape={small_shape(spec)!r})
+        assert np.isfinite(np.asarray(fresh(images, training=False))).all()
+        np.save({str(tmp_path / "jax.npy")!r}, out)
+        """
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), outputs, atol=1e-4)
+
+
+def test_size_that_breaks_the_multiple_names_it(case):
+    spec, *_ = case
+    if spec.size_multiple == 1:
+        pytest.skip("any size is valid")
+    side, _, channels = small_shape(spec)
+    with pytest.raises(ValueError, match=rf"\b{spec.size_multiple}\b"):
+        kl.create_model(spec.name, input_shape=(side + 1, side, channels))
+
+
+def test_feature_layers_exist_shallow_to_deep(case):
+    spec, model, images, *_ = case
+    names = spec.feature_layer_names(model)
+    assert names
+    features = registry.feature_extractor(model)(images[:1])
+    features = features if isinstance(features, (list, tuple)) else [features]
+    sizes = [int(np.prod(f.shape[1:-1])) for f in features]
+    assert len(features) == len(names) and sizes == sorted(sizes, reverse=True)
+
+
+def test_every_weighted_layer_has_a_torch_name(case):
+    spec, model, *_ = case
+    if spec.torch_key is None:
+        pytest.skip("no PyTorch reference")
+    keys = {layer.name: spec.torch_key(layer.name) for layer in model.layers if layer.weights}
+    assert all(keys.values()), [name for name, key in keys.items() if not key]
+    assert len(set(keys.values())) == len(keys)
+
+
+def test_quantizes_and_converts_to_full_int8(case):
+    pytest.importorskip("tensorflow")
+    from keras_litenext import tflite
+
+    spec, model, images, *_ = case
+    qat = Q.calibrate(Q.quantize_model(model), images, batch_size=2)
+    assert Q.uncalibrated_quantizers(qat) == []
+    data = tflite.convert(qat, "int8", representative_data=(images * 255).astype(np.uint8))
+    info = tflite.inspect_tflite(data)
+    assert sum(info["float_ops"].values()) == 0, info["float_ops"]
+    assert info["input"]["dtype"] == "int8" and info["output"]["dtype"] == "int8"
+
+
+def test_unknown_names_are_explained():
+    with pytest.raises(ValueError, match="Unknown model 'nope'.*litenext"):
+        kl.create_model("nope")
+    stranger = keras.Model(inputs := keras.Input((8, 8, 3)), keras.layers.Conv2D(1, 1)(inputs), name="mine")
+    with pytest.raises(ValueError, match="Cannot tell which registered model 'mine'.*litenext"):
+        registry.spec_of(stranger)
+    assert registry.list_models(task="no-such-task") == []
