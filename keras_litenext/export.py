@@ -113,7 +113,12 @@ def evaluate_tflite(model, images, masks, task=None, threshold=0.5, empty="skip"
 
 
 def _predict(model, images, batch_size=8):
-    return np.asarray(model.predict(images.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0), np.float32)
+    """Logits of uint8 images, called eagerly in batches: no predict function to trace (seconds
+    for a QAT graph), which costs more than it saves on a test split."""
+    import keras
+
+    x = images.astype(np.float32) / 255.0
+    return np.concatenate([keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)])
 
 
 def _mean_std(result, key):
@@ -373,11 +378,11 @@ def quality_gate(report, max_dice_drop=0.5, max_class_drop=1.0):
     absent = [n for n, d in class_drops.items() if d is None]
     if absent and len(class_drops) > 1:
         message += f"; not in the test split, so not gated: {', '.join(repr(n) for n in absent)}"
-    return mean_ok and not failed, message
+    return bool(mean_ok and not failed), message
 
 
 def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1e-5, data=None, num_calibration=200,
-               max_dice_drop=0.5, max_class_drop=1.0, threads=2, verbose=1, log=print):
+               max_dice_drop=0.5, max_class_drop=1.0, threads=2, verbose=1, log=print, kinds=None):
     """Convert a trained model to every deployable TFLite file, evaluate them and write a report.
 
     Writes to `output` (default `<run>/tflite`):
@@ -409,10 +414,16 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         threads: LiteRT threads for the evaluation.
         verbose: Keras verbosity for the fine-tuning.
         log: callable for progress lines.
+        kinds: the files to write, from `FILE_KINDS` (default all); "int8" is required, the
+            gate judges it. Leaving out the comparison files saves their conversion.
 
     Returns:
         the report dict (also in report.json), with `"gate": {"passed", "message", ...}`.
     """
+    kinds = list(FILE_KINDS) if kinds is None else [str(k).strip() for k in kinds]
+    unknown = [k for k in kinds if k not in FILE_KINDS]
+    if unknown or "int8" not in kinds:
+        raise ExportError(f"--kinds must include int8 and come from {', '.join(FILE_KINDS)}; got {', '.join(kinds) or 'none'}.")
     if io not in IO_TYPES:
         raise ExportError(f"io must be one of {IO_TYPES}, got {io!r}.")
     if qat_epochs < 0:
@@ -449,9 +460,12 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         log(f"{os.path.basename(path)}: {len(data_bytes) / 1024:.0f} KiB, {entry['op_count']} ops, {entry['float_op_count']} float ops, "
             f"{entry['xnnpack']['partitions']} XNNPACK partitions, test Dice {entry['test']['dice']['mean']:.4f}")
 
-    emit("fp32", lambda: convert(model, "fp32"))
-    emit("fp16", lambda: convert(model, "fp16"))
-    emit("int8_ptq", lambda: convert(model, "int8", representative_data=train_images, io=io, num_calibration=num_calibration))
+    if "fp32" in kinds:
+        emit("fp32", lambda: convert(model, "fp32"))
+    if "fp16" in kinds:
+        emit("fp16", lambda: convert(model, "fp16"))
+    if "int8_ptq" in kinds:
+        emit("int8_ptq", lambda: convert(model, "int8", representative_data=train_images, io=io, num_calibration=num_calibration))
 
     log(f"QAT: calibrating, then fine-tuning {qat_epochs} epoch(s) at lr {qat_lr:g}, keeping the best {task.monitor}")
     from keras_litenext.qat_finetune import finetune_run

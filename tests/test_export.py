@@ -1,26 +1,31 @@
-"""TFLite export: the convert CLI on a tiny run (files, report, I/O contracts, quality gate), int8
-graphs without float ops, fp32 equal to Keras, the QAT simulation against the int8 file, I/O
-types, inspection and atomic writes."""
+"""TFLite export of training runs: the convert CLI on a tiny binary run and a tiny 3-class run
+(files, report, I/O contracts, quality gate at its defaults), the report's Dice against the
+Keras model and `evaluate_tflite`, the contract's pixel formula used to feed the int8 file,
+int8 graphs without float ops, the QAT simulation against the int8 file, QAT fine-tuning that
+keeps the best validation epoch, I/O types, inspection, errors and atomic writes."""
 
 import importlib.util
 import json
 import os
 import shutil
 
+import cv2
 import keras
 import numpy as np
 import pytest
 
 from keras_litenext import LiteNeXt
 from keras_litenext import export as E
-from keras_litenext import tflite as T
 from keras_litenext import quantization as Q
-from keras_litenext.data import sample_data_dir, save_splits, split_stems
+from keras_litenext import tflite as T
+from keras_litenext.data import make_dataset, sample_data_dir, save_splits, split_stems
 from keras_litenext.layers import ChannelLayerNorm
-from keras_litenext.training import TrainConfig
+from keras_litenext.metrics import per_image_scores
+from keras_litenext.runs import TrainConfig
 from keras_litenext.utils import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["background", "nucleus", "border"]
 
 
 def run_eager(model, x):
@@ -35,33 +40,40 @@ def load_cli(name):
     return module
 
 
-def make_dataset(folder, n=24):
-    """The first `n` real DSB 2018 pairs of the bundled sample (96x96 nuclei), renamed img000..."""
+def make_dataset_folder(folder, n=24, classes=2):
+    """The first `n` real DSB 2018 pairs of the bundled sample (96x96 nuclei), renamed img000...
+    With `classes=3` each mask becomes a class-index map: 1 the nucleus interior (the mask
+    eroded by a 5x5 square), 2 its border ring."""
     source = sample_data_dir()
     stems = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(source, "images")))[:n]
     for sub in ("images", "masks"):
         os.makedirs(folder / sub, exist_ok=True)
-        for i, stem in enumerate(stems):
-            shutil.copy(os.path.join(source, sub, f"{stem}.png"), folder / sub / f"img{i:03d}.png")
+    for i, stem in enumerate(stems):
+        shutil.copy(os.path.join(source, "images", f"{stem}.png"), folder / "images" / f"img{i:03d}.png")
+        if classes == 2:
+            shutil.copy(os.path.join(source, "masks", f"{stem}.png"), folder / "masks" / f"img{i:03d}.png")
+        else:
+            mask = (cv2.imread(os.path.join(source, "masks", f"{stem}.png"), cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8)
+            inner = cv2.erode(mask, np.ones((5, 5), np.uint8))
+            cv2.imwrite(str(folder / "masks" / f"img{i:03d}.png"), np.where(inner > 0, 1, 2 * mask).astype(np.uint8))
     return folder
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def make_run(root, classes=2):
     """A run folder as training.train leaves it (best.keras, config.json, splits.json) on 24 real
     images, with an untrained tiny LiteNeXt whose norms have non-trivial gamma/beta (fast: no
-    training)."""
-    root = tmp_path_factory.mktemp("export")
-    data = make_dataset(root / "data")
+    training); `classes=3` gives a multiclass run with named classes and a K=3 head."""
+    data = make_dataset_folder(root / "data", classes=classes)
     out = root / "run"
     out.mkdir()
+    task = {} if classes == 2 else {"task": "multiclass", "num_classes": 3, "class_names": CLASSES}
     config = TrainConfig(data=str(data), output=str(out), epochs=1, image_size=32, batch_size=4,
-                         model_kwargs={"width": 8}, mwl_kernel=3, verbose=0)
+                         model_kwargs={"width": 8}, mwl_kernel=3, verbose=0, **task)
     write_json(out / "config.json", config.to_dict())
     stems = [f"img{i:03d}" for i in range(24)]
     save_splits(out / "splits.json", split_stems(stems, (0.7, 0.1, 0.2), seed=0))
     keras.utils.set_random_seed(0)
-    model = LiteNeXt(input_shape=(32, 32, 3), width=8)
+    model = LiteNeXt(input_shape=(32, 32, 3), width=8, num_classes=1 if classes == 2 else classes)
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if isinstance(layer, ChannelLayerNorm):
@@ -72,23 +84,71 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
 def converted(run, tmp_path_factory):
-    """The convert CLI, once, with a gate that must fail (--max-dice-drop -100)."""
+    """The convert CLI, once, on the binary run at the default quality gate (calibration only)."""
     out = tmp_path_factory.mktemp("tflite")
-    cli = load_cli("convert")
-    rc = cli.main([str(run), "--output", str(out), "--qat-epochs", "0", "--calibration-images", "16", "--max-dice-drop", "-100"])
+    rc = load_cli("convert").main([str(run), "--output", str(out), "--qat-epochs", "0", "--calibration-images", "16", "--verbose", "0"])
+    return rc, out
+
+
+@pytest.fixture(scope="module")
+def run3(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("export3"), classes=3)
+
+
+@pytest.fixture(scope="module")
+def converted3(run3, tmp_path_factory):
+    """The convert CLI on the 3-class run: int8 and fp32 only, one QAT epoch (finetune_run end
+    to end with the task's loss, metrics and monitor)."""
+    out = tmp_path_factory.mktemp("tflite3")
+    rc = load_cli("convert").main([str(run3), "--output", str(out), "--qat-epochs", "1", "--calibration-images", "16",
+                                   "--kinds", "int8,fp32", "--verbose", "0"])
     return rc, out
 
 
 @pytest.fixture(scope="module")
 def arrays(run):
-    _, _, arrays, _ = E.load_source(run)
-    return arrays
+    return E.load_source(run).arrays
 
 
-def test_convert_cli_writes_files_report_and_contracts(converted, capsys):
+def float_model(run):
+    return keras.saving.load_model(run / "best.keras", compile=False)
+
+
+def x01(images):
+    return images.astype(np.float32) / 255.0
+
+
+def nan_equal(a, b, atol=0.0):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and np.array_equal(np.isnan(a), np.isnan(b)) and np.allclose(a[~np.isnan(a)], b[~np.isnan(b)], atol=atol, rtol=0)
+
+
+def report_dice(values):
+    """Per-image Dice from report.json (null = an image not counted)."""
+    return np.array([np.nan if v is None else v for v in values], np.float64)
+
+
+def feed_by_contract(path, contract, pixels):
+    """Run a file on uint8 camera pixels turned into its input by the contract's own formula
+    (q = round(p / 255 / scale) + zero point, clipped); returns the raw output tensors."""
+    inp = contract["input"]
+    info = np.iinfo(np.dtype(inp["dtype"]))
+    q = np.clip(np.round(pixels.astype(np.float64) / 255.0 / inp["scale"]) + inp["zero_point"], info.min, info.max).astype(inp["dtype"])
+    runner = T.TFLiteRunner(path)
+    return q, np.stack([runner.invoke_raw(q[i : i + 1])[0] for i in range(len(q))])
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary run: files, report, contract, gate
+# ----------------------------------------------------------------------------------------------
+def test_convert_cli_writes_files_report_and_contracts(converted):
     rc, out = converted
-    assert rc == 3  # the gate failed (-100 points allowed), yet everything was written
     kinds = ("int8", "int8_ptq", "fp16", "fp32")
     for kind in kinds:
         assert (out / f"litenext_{kind}.tflite").is_file()
@@ -96,6 +156,7 @@ def test_convert_cli_writes_files_report_and_contracts(converted, capsys):
     for kind in kinds:
         contract = json.loads((out / f"litenext_{kind}.json").read_text())
         assert contract["model"] == "litenext" and contract["kind"] == kind
+        assert contract["task"] == "binary" and contract["classes"] == {"0": "background", "1": "foreground"}
         assert contract["input"]["shape"] == [1, 32, 32, 3] and contract["input"]["channels"] == 3
         assert contract["output"]["shape"] == [1, 32, 32, 1]
         assert "logit" in contract["output"]["meaning"] and "sigmoid(logit) > 0.5" in contract["output"]["mask"]
@@ -106,17 +167,71 @@ def test_convert_cli_writes_files_report_and_contracts(converted, capsys):
     assert "q = p - 128" in int8["input"]["from_camera_pixels"]
     assert f"q > {int8['output']['zero_point']}" in int8["output"]["mask"]
     report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "binary" and report["class_names"] == ["background", "foreground"]
     assert [f["kind"] for f in report["files"]] == list(kinds)
+    for entry in [report["keras_float"], *report["files"]]:
+        test = entry["test"]
+        assert set(test["per_class"]) == {"foreground"} and test["per_class"]["foreground"]["dice"] == test["dice"]
+        assert len(test["per_image"]["dice"]) == report["splits"]["test"] == 5 and test["hd95"]["mean"] >= 0
     for entry in report["files"]:
         assert entry["size_bytes"] == os.path.getsize(out / entry["file"])
-        assert 0.0 <= entry["test"]["dice"]["mean"] <= 1.0 and entry["ops"] and entry["op_counts"]
-        assert entry["xnnpack"]["partitions"] >= 1
-    assert report["gate"]["passed"] is False and "-100" in report["gate"]["message"]
+        assert entry["ops"] and entry["op_counts"] and entry["xnnpack"]["partitions"] >= 1
+        assert entry["class_dice_drop_points"] == {"foreground": entry["dice_drop_points"]}
+    assert report["gate"]["max_dice_drop_points"] == 0.5 and report["gate"]["max_class_drop_points"] == 1.0
+    assert rc == (0 if report["gate"]["passed"] else 3)
     md = (out / "report.md").read_text()
-    assert "FAILED" in md and "litenext_int8_ptq.tflite" in md and "| CONV_2D |" in md
+    assert ("PASSED" if report["gate"]["passed"] else "FAILED") in md and "litenext_int8_ptq.tflite" in md and "| CONV_2D |" in md
+    assert "HD95" in md and "Per-class" not in md  # one class: no per-class table
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporaries left
 
 
+def test_quality_gate_at_default_thresholds_on_real_numbers(converted, run, arrays):
+    # The gate's verdict, recomputed here from the files and the model without export.py's scoring.
+    rc, out = converted
+    images, masks = arrays["test"]
+    keras_dice = per_image_scores(masks, run_eager(float_model(run), x01(images)), hd95=False)["dice"]
+    int8_dice = per_image_scores(masks, T.run_tflite(out / "litenext_int8.tflite", x01(images)), hd95=False)["dice"]
+    f, q = np.nanmean(keras_dice), np.nanmean(int8_dice)
+    drop = 100.0 * (f - q)
+    report = json.loads((out / "report.json").read_text())
+    assert report["gate"]["dice_drop_points"] == pytest.approx(drop, abs=1e-3)
+    expected = drop <= 0.5  # binary: the class drop is the mean drop, and 1.0 > 0.5
+    assert report["gate"]["passed"] is bool(expected) and rc == (0 if expected else 3)
+    message = report["gate"]["message"]
+    assert f"int8 test Dice {100 * q:.2f} vs float {100 * f:.2f}" in message and f"of {abs(drop):.2f} points" in message
+    assert ("within" if expected else "more than") in message
+    # The same numbers against a threshold on either side of the measured drop.
+    assert E.quality_gate(report, drop + 0.01)[0] is True and E.quality_gate(report, drop - 0.01)[0] is False
+
+
+def test_report_dice_equals_keras_and_evaluate_tflite(converted, run, arrays):
+    _, out = converted
+    images, masks = arrays["test"]
+    report = json.loads((out / "report.json").read_text())
+    keras_scores = per_image_scores(masks, run_eager(float_model(run), x01(images)))
+    assert nan_equal(report_dice(report["keras_float"]["test"]["per_image"]["dice"]), keras_scores["dice"], atol=1e-9)
+    assert report["keras_float"]["test"]["hd95"]["mean"] == pytest.approx(np.nanmean(keras_scores["hd95"]))
+    files = {e["kind"]: e for e in report["files"]}
+    # The fp32 file computes the Keras model: the same per-image Dice up to float noise (a pixel whose logit is ~0).
+    assert nan_equal(report_dice(files["fp32"]["test"]["per_image"]["dice"]), keras_scores["dice"], atol=0.01)
+    for kind in ("fp32", "int8"):
+        direct = E.evaluate_tflite(out / f"litenext_{kind}.tflite", x01(images), masks)
+        assert nan_equal(report_dice(files[kind]["test"]["per_image"]["dice"]), direct["per_image"]["dice"], atol=1e-9), kind
+        assert files[kind]["test"]["dice"]["mean"] == pytest.approx(direct["dice"]["mean"])
+
+
+def test_contract_pixel_formula_feeds_the_int8_file(converted, run, arrays):
+    _, out = converted
+    contract = json.loads((out / "litenext_int8.json").read_text())
+    pixels = np.concatenate([arrays["val"][0], arrays["test"][0]])  # uint8 RGB as a camera gives them
+    q, raw = feed_by_contract(out / "litenext_int8.tflite", contract, pixels)
+    assert np.array_equal(q.astype(np.int16), pixels.astype(np.int16) - 128)  # the contract's "exactly q = p - 128"
+    assert raw.dtype == np.int8 and raw.shape == (len(pixels), 32, 32, 1)
+    mask = raw[..., 0] > contract["output"]["zero_point"]  # the contract's decoding, in the output's own units
+    logits = (raw.astype(np.float32) - contract["output"]["zero_point"]) * contract["output"]["scale"]
+    assert np.array_equal(mask, logits[..., 0] > 0)
+    keras_mask = run_eager(float_model(run), x01(pixels))[..., 0] > 0
+    assert np.mean(mask == keras_mask) >= 0.95
 def test_int8_files_have_no_float_ops(converted):
     _, out = converted
     for kind in ("int8", "int8_ptq"):
@@ -133,9 +248,8 @@ def test_int8_files_have_no_float_ops(converted):
 
 def test_fp32_file_matches_keras(converted, run, arrays):
     _, out = converted
-    model = keras.saving.load_model(run / "best.keras", compile=False)
-    x = arrays["test"][0].astype(np.float32) / 255.0
-    np.testing.assert_allclose(T.run_tflite(out / "litenext_fp32.tflite", x), run_eager(model, x), atol=2e-5, rtol=1e-5)
+    x = x01(arrays["test"][0])
+    np.testing.assert_allclose(T.run_tflite(out / "litenext_fp32.tflite", x), run_eager(float_model(run), x), atol=2e-5, rtol=1e-5)
 
 
 def test_qat_simulation_matches_the_int8_file(converted, arrays):
@@ -249,9 +363,8 @@ def compare_ops_with_float_math(model_bytes, image):
 
 def test_int8_io_types_agree(converted, run, arrays):
     _, out = converted
-    model = keras.saving.load_model(run / "best.keras", compile=False)
-    x = arrays["test"][0].astype(np.float32) / 255.0
-    data = T.convert(model, "int8", representative_data=arrays["train"][0], io="uint8", num_calibration=16)
+    x = x01(arrays["test"][0])
+    data = T.convert(float_model(run), "int8", representative_data=arrays["train"][0], io="uint8", num_calibration=16)
     uint8, int8 = T.inspect_tflite(data), T.inspect_tflite(out / "litenext_int8_ptq.tflite")
     assert uint8["input"]["dtype"] == uint8["output"]["dtype"] == "uint8" and uint8["float_ops"] == {}
     assert uint8["input"]["zero_point"] == int8["input"]["zero_point"] + 128
@@ -260,6 +373,147 @@ def test_int8_io_types_agree(converted, run, arrays):
     assert np.abs(T.run_tflite(data, x) - T.run_tflite(out / "litenext_int8_ptq.tflite", x)).max() <= step + 1e-6
 
 
+# ----------------------------------------------------------------------------------------------
+# Three classes
+# ----------------------------------------------------------------------------------------------
+def test_multiclass_run_exports_classes_and_per_class_dice(converted3, run3):
+    rc, out = converted3
+    assert sorted(p.name for p in out.glob("*.tflite")) == ["litenext_fp32.tflite", "litenext_int8.tflite"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "multiclass" and report["class_names"] == CLASSES
+    assert rc == (0 if report["gate"]["passed"] else 3)
+    for kind in ("int8", "fp32"):
+        contract = json.loads((out / f"litenext_{kind}.json").read_text())
+        assert contract["task"] == "multiclass" and contract["num_classes"] == 3
+        assert contract["classes"] == contract["output"]["classes"] == {"0": "background", "1": "nucleus", "2": "border"}
+        assert contract["output"]["shape"] == [1, 32, 32, 3]
+        assert "arg-max over the last axis" in contract["output"]["mask"] and "3 logits per pixel" in contract["output"]["meaning"]
+        assert "sigmoid" not in json.dumps(contract["output"])
+    assert "the arg-max of q itself is the same" in json.loads((out / "litenext_int8.json").read_text())["output"]["mask"]
+
+    # Per-class Dice (and HD95) of the float model and of every file, each against an independent computation.
+    arrays = E.load_source(run3).arrays
+    images, masks = arrays["test"]
+    model = float_model(run3)
+    outputs = {"keras": run_eager(model, x01(images)), **{k: T.run_tflite(out / f"litenext_{k}.tflite", x01(images)) for k in ("int8", "fp32")}}
+    entries = {"keras": report["keras_float"], **{e["kind"]: e for e in report["files"]}}
+    for key, logits in outputs.items():
+        expected = per_image_scores(masks, logits, class_names=CLASSES)
+        test = entries[key]["test"]
+        assert set(test["per_class"]) == {"nucleus", "border"}, key
+        for name in ("nucleus", "border"):
+            assert nan_equal(report_dice(test["per_image"][f"dice_{name}"]), expected[f"dice_{name}"], atol=1e-9), (key, name)
+            if np.isfinite(expected[f"dice_{name}"]).any():
+                assert test["per_class"][name]["dice"]["mean"] == pytest.approx(np.nanmean(expected[f"dice_{name}"]))
+                assert test["per_class"][name]["hd95"]["mean"] == pytest.approx(np.nanmean(expected[f"hd95_{name}"]))
+        assert test["dice"]["mean"] == pytest.approx(np.nanmean(expected["dice"]))
+    drops = report["gate"]["class_dice_drop_points"]
+    for name in ("nucleus", "border"):
+        f, q = report["keras_float"]["test"]["per_class"][name]["dice"]["mean"], entries["int8"]["test"]["per_class"][name]["dice"]["mean"]
+        assert drops[name] == pytest.approx(100 * (f - q), abs=1e-3)
+    md = (out / "report.md").read_text()
+    assert "| model | nucleus Dice | nucleus HD95 | border Dice | border HD95 |" in md and "background, nucleus, border" in md
+
+    # finetune_run ran one epoch with the task's metrics, monitoring val_dice, and kept the better of start and epoch 1.
+    qat = report["qat"]
+    assert qat["epochs"] == 1 and qat["monitor"] == "val_dice" and len(qat["history"]["val_dice"]) == 1
+    assert {"val_dice_nucleus", "val_dice_border"} <= set(qat["history"])
+    candidates = [qat["start_score"], qat["history"]["val_dice"][0]]
+    assert qat["best_epoch"] == int(np.argmax(candidates))
+    assert set(qat["rsqrt_quantile_val_dice"]) == {"None", "0.99", "0.9", "0.5"}
+
+
+def test_multiclass_contract_decodes_the_int8_file(converted3, run3):
+    _, out = converted3
+    contract = json.loads((out / "litenext_int8.json").read_text())
+    arrays = E.load_source(run3).arrays
+    pixels = np.concatenate([arrays["val"][0], arrays["test"][0]])
+    _, raw = feed_by_contract(out / "litenext_int8.tflite", contract, pixels)
+    assert raw.shape == (len(pixels), 32, 32, 3)
+    labels = np.argmax(raw, axis=-1)  # the contract: the arg-max of the int8 values is the class
+    logits = (raw.astype(np.float32) - contract["output"]["zero_point"]) * contract["output"]["scale"]
+    assert np.array_equal(labels, np.argmax(logits, axis=-1))
+    keras_labels = np.argmax(run_eager(float_model(run3), x01(pixels)), axis=-1)
+    assert np.mean(labels == keras_labels) >= 0.9
+
+
+# ----------------------------------------------------------------------------------------------
+# The quality gate's per-class clause
+# ----------------------------------------------------------------------------------------------
+def gate_report(float_dice, int8_dice, names):
+    """A report with the float model's and the int8 file's test Dice: mean, and per class."""
+    def test(values):
+        per_class = {n: {"dice": {"mean": v, "std": 0.0}} for n, v in zip(names, values)}
+        counted = [v for v in values if not np.isnan(v)]
+        return {"dice": {"mean": float(np.mean(counted)), "std": 0.0}, "per_class": per_class}
+
+    return {"keras_float": {"test": test(float_dice)}, "files": [{"kind": "fp32", "test": test(float_dice)}, {"kind": "int8", "test": test(int8_dice)}]}
+
+
+def test_quality_gate_fails_on_one_class_and_names_it():
+    # Mean drop 0.30 points (within 0.5), but 'border' drops 1.60 (more than 1.0) and 'nucleus' gains.
+    report = gate_report([0.80, 0.60, 0.70], [0.813, 0.584, 0.694], ["nucleus", "border", "cyto"])
+    passed, message = E.quality_gate(report)
+    assert passed is False
+    assert "drop of 0.30 points (within the allowed 0.5)" in message
+    assert "class 'border'" in message and "a drop of 1.60 points (more than the allowed 1 per class)" in message
+    assert "'nucleus'" not in message and "'cyto'" not in message
+    assert E.quality_gate(report, max_class_drop=1.7)[0] is True
+    assert "worst 'border': drop of 1.60 points" in E.quality_gate(report, max_class_drop=1.7)[1]
+    # The mean clause alone: every class within 1 point, the mean 0.6 below.
+    passed, message = E.quality_gate(gate_report([0.8, 0.6], [0.792, 0.596], ["a", "b"]))
+    assert passed is False and "drop of 0.60 points (more than the allowed 0.5)" in message and "class 'a'" not in message
+    # A class absent from the test split (NaN) is not gated, and said so.
+    passed, message = E.quality_gate(gate_report([0.8, float("nan")], [0.799, float("nan")], ["a", "b"]))
+    assert passed is True and "not gated: 'b'" in message
+
+
+def test_quality_gate_binary_is_the_mean_drop():
+    for int8, expected in ((0.796, True), (0.794, False)):
+        passed, message = E.quality_gate(gate_report([0.8], [int8], ["foreground"]))
+        assert passed is expected and "class" not in message, message
+    assert E.quality_gate(gate_report([0.8], [0.794], ["foreground"]), max_dice_drop=2.0, max_class_drop=0.5)[0] is False
+
+
+# ----------------------------------------------------------------------------------------------
+# QAT fine-tuning keeps the best validation epoch
+# ----------------------------------------------------------------------------------------------
+class Recorder(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.start, self.scores, self.weights = [np.array(w) for w in self.model.get_weights()], [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.scores.append(float(logs["val_dice"]))
+        self.weights.append([np.array(w) for w in self.model.get_weights()])
+
+
+def test_qat_finetune_keeps_the_best_val_epoch_and_moves_the_weights(arrays):
+    from keras_litenext.qat_finetune import qat_finetune
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = ChannelLayerNorm(name="norm")(x)
+    x = keras.layers.Activation("gelu", name="act")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, name="head")(x))
+    train = make_dataset(*arrays["train"], batch_size=4, shuffle=True, seed=0)
+    val = make_dataset(np.concatenate([arrays["val"][0], arrays["test"][0]]), np.concatenate([arrays["val"][1], arrays["test"][1]]), batch_size=4)
+    recorder = Recorder()
+    qat = qat_finetune(model, train, val, epochs=4, lr=1e-2, loss="bce_dice", calibration_steps=2, callbacks=[recorder], verbose=0)
+
+    scores = [qat.qat_start_score, *recorder.scores]  # epoch 0 = the calibrated start
+    assert len(set(np.round(scores, 6))) > 1, scores  # the epochs differ, so a wrong restore would show
+    assert not all(np.array_equal(a, b) for a, b in zip(recorder.start, recorder.weights[0]))  # fine-tuning moved the weights
+    best = int(np.argmax(scores))
+    assert qat.qat_best_epoch == best
+    kept = recorder.start if best == 0 else recorder.weights[best - 1]
+    assert all(np.array_equal(a, b) for a, b in zip(qat.get_weights(), kept))
+    assert qat.evaluate(val, verbose=0, return_dict=True)["dice"] == pytest.approx(max(scores), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inspection, errors, atomic writes
+# ----------------------------------------------------------------------------------------------
 def test_run_tflite_and_inspection_errors(converted, tmp_path):
     _, out = converted
     with pytest.raises(ValueError, match=r"takes images of shape \(32, 32, 3\)"):
@@ -273,22 +527,45 @@ def test_writes_are_atomic(tmp_path, run):
     with pytest.raises(TypeError):
         T.write_bytes(target, None)  # fails inside the write
     assert not target.exists() and os.listdir(tmp_path) == []
-    model = keras.saving.load_model(run / "best.keras", compile=False)
     with pytest.raises(ValueError, match="never calibrated"):
-        T.convert_to_file(Q.quantize_model(model), target, "int8", representative_data=np.zeros((2, 32, 32, 3), np.uint8))
+        T.convert_to_file(Q.quantize_model(float_model(run)), target, "int8", representative_data=np.zeros((2, 32, 32, 3), np.uint8))
     assert not target.exists() and os.listdir(tmp_path) == []
 
 
-def test_convert_cli_bad_input_and_force(capsys, monkeypatch, tmp_path):
+def test_load_source_errors_name_the_file(run, tmp_path):
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    config = json.loads((broken / "config.json").read_text())
+    write_json(broken / "config.json", {**config, "task": "multiclass", "num_classes": 3, "class_names": CLASSES})
+    with pytest.raises(E.ExportError, match=r"outputs 1 channel\(s\) but the run's task is multiclass"):
+        E.load_source(broken)
+    (broken / "best.keras").unlink()
+    with pytest.raises(E.ExportError, match="has no best.keras"):
+        E.load_source(broken)
+    with pytest.raises(E.ExportError, match="--data .*nowhere: no such dataset folder"):
+        E.load_source(run, data=tmp_path / "nowhere")
+    # A bare .keras file with --data: split 80/10/10 of the same 24 pairs, task read off the model.
+    source = E.load_source(run / "best.keras", data=config["data"])
+    assert source.run.path is None and source.run.task.name == "binary"
+    assert [len(source.arrays[k][0]) for k in ("train", "val", "test")] == [19, 2, 3] and source.meta["run"] is None
+
+
+def test_convert_cli_bad_input_and_force(capsys, monkeypatch, tmp_path, run):
     cli = load_cli("convert")
     assert cli.main([str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "run folder" in err[0]
     assert cli.main([str(tmp_path / "model.keras")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert cli.main([str(run / "best.keras")]) == 1
+    assert "pass --data" in capsys.readouterr().err
+    assert cli.main([str(run), "--kinds", "fp32"]) == 1
+    assert "--kinds must include int8" in capsys.readouterr().err
 
     failing = {"output": str(tmp_path), "gate": {"passed": False, "message": "int8 test Dice 80.00 vs float 90.00: drop of 10.00 points"}}
-    monkeypatch.setattr(E, "export_run", lambda *a, **k: failing)
+    seen = {}
+    monkeypatch.setattr(E, "export_run", lambda *a, **k: seen.update(k) or failing)
     assert cli.main([str(tmp_path)]) == 3
     assert "drop of 10.00 points" in capsys.readouterr().err
-    assert cli.main([str(tmp_path), "--force"]) == 0
+    assert seen["max_dice_drop"] == 0.5 and seen["max_class_drop"] == 1.0 and seen["kinds"] == ["int8", "int8_ptq", "fp16", "fp32"]
+    assert cli.main([str(tmp_path), "--force", "--max-class-drop", "2"]) == 0 and seen["max_class_drop"] == 2.0

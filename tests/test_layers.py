@@ -71,3 +71,26 @@ def test_conv_norm_act_is_conv_then_norm_then_exact_gelu():
 
     gelu = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))
     np.testing.assert_allclose(np.asarray(model(x)), gelu(h), atol=1e-5)
+
+
+def test_litenext_blocks_keep_their_old_import_path():
+    import keras_litenext.layers as shared
+    from keras_litenext.models.litenext import litenext_layers
+
+    for name in ("LGEMixerBlock", "DownsampleBlock", "ResidualBottleneck", "MultiScaleAttentionFusion", "ScaleWeightedSum"):
+        assert getattr(shared, name) is getattr(litenext_layers, name)
+    assert keras.saving.get_registered_name(ScaleWeightedSum) == "keras_litenext>ScaleWeightedSum"
+    assert keras.saving.get_registered_name(ChannelLayerNorm) == "keras_litenext>ChannelLayerNorm"
+
+
+def test_conv_norm_act_norm_and_activation_choices():
+    inputs = keras.Input((8, 8, 3))
+    x = ConvNormAct(4, 3, norm="batch", activation="hard_swish", use_bias=False, name="mb")(inputs)
+    x = ConvNormAct(4, 1, norm=None, activation=None, name="plain")(x)
+    model = keras.Model(inputs, x)
+    assert isinstance(model.get_layer("mb_norm"), keras.layers.BatchNormalization)
+    assert not model.get_layer("mb_conv").use_bias
+    assert {layer.name for layer in model.layers} >= {"mb_act", "plain_conv"}
+    assert "plain_norm" not in {layer.name for layer in model.layers}
+    with pytest.raises(ValueError, match="norm must be one of"):
+        ConvNormAct(4, 1, norm="group", name="bad")

@@ -52,6 +52,8 @@ def main(argv=None):
                    help="quality gate: largest allowed drop of the int8 file's mean foreground Dice, in points (default 0.5)")
     p.add_argument("--max-class-drop", type=float, default=1.0,
                    help="quality gate: largest allowed int8 Dice drop of any one foreground class, in points (default 1.0)")
+    p.add_argument("--kinds", default="int8,int8_ptq,fp16,fp32",
+                   help="comma-separated files to write (default all: int8,int8_ptq,fp16,fp32; int8 is required)")
     p.add_argument("--force", action="store_true", help="exit 0 even when the quality gate fails")
     p.add_argument("--threads", type=int, default=2, help="LiteRT threads for the evaluation (default 2)")
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity of the fine-tuning (default 2)")
@@ -67,6 +69,7 @@ def main(argv=None):
             args.source, output=args.output, name=args.name, io=args.io, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
             data=args.data, num_calibration=args.calibration_images, max_dice_drop=args.max_dice_drop,
             max_class_drop=args.max_class_drop, threads=args.threads, verbose=args.verbose,
+            kinds=[k for k in args.kinds.split(",") if k.strip()],
         )
     except (ExportError, ConversionError, data_lib.DatasetError, FileNotFoundError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)

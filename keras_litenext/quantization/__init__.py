@@ -97,11 +97,16 @@ def __getattr__(name):
 
 
 __all__ = [
+    "FIXED_ACTIVATION_RANGES",
+    "FUSED_ACTIVATIONS",
     "KEEP",
+    "MODES",
     "OWN",
     "RSQRT_QUANTILES",
     "SAME",
     "SELF",
+    "TANH_RANGE",
+    "UNIT_RANGE",
     "ConcatRepeatVector",
     "FakeQuant",
     "QuantConstantOp",
