@@ -11,7 +11,13 @@ import math
 import keras
 import numpy as np
 
-from keras_litenext.quantization import calibrate, choose_rsqrt_quantile, is_qat_model, quantize_model, tie_ranges
+from keras_litenext.quantization import (
+    calibrate,
+    choose_rsqrt_quantile,
+    is_qat_model,
+    quantize_model,
+    tie_ranges,
+)
 
 __all__ = ["finetune_run", "qat_finetune", "val_score_fn"]
 
@@ -118,7 +124,7 @@ def qat_finetune(
     callbacks = [keras.callbacks.TerminateOnNaN(), _TieRanges(), *callbacks]
     keeper = None
     if val_ds is not None:
-        key = monitor[4:] if monitor.startswith("val_") else monitor
+        key = monitor.removeprefix("val_")
         start = qat.evaluate(val_ds, verbose=0, return_dict=True)
         if key not in start:
             raise ValueError(f"qat_finetune: monitor {monitor!r} is not among the compiled metrics ({', '.join(sorted(start))}).")

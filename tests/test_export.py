@@ -25,7 +25,8 @@ from keras_litenext.runs import TrainConfig
 from keras_litenext.utils import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSES = ["background", "nucleus", "border"]
+CLASSES = ["background", "Cell body", "halo"]  # a name with a space and capitals: metric keys are sanitised
+KEYS = {"Cell body": "cell_body", "halo": "halo"}  # foreground class -> metric key suffix
 
 
 def run_eager(model, x):
@@ -40,38 +41,25 @@ def load_cli(name):
     return module
 
 
-def make_dataset_folder(folder, n=24, classes=2):
-    """The first `n` real DSB 2018 pairs of the bundled sample (96x96 nuclei), renamed img000...
-    With `classes=3` each mask becomes a class-index map: 1 the nucleus interior (the mask
-    eroded by a 5x5 square), 2 its border ring."""
-    source = sample_data_dir()
-    stems = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(source, "images")))[:n]
-    for sub in ("images", "masks"):
-        os.makedirs(folder / sub, exist_ok=True)
-    for i, stem in enumerate(stems):
-        shutil.copy(os.path.join(source, "images", f"{stem}.png"), folder / "images" / f"img{i:03d}.png")
-        if classes == 2:
-            shutil.copy(os.path.join(source, "masks", f"{stem}.png"), folder / "masks" / f"img{i:03d}.png")
-        else:
-            mask = (cv2.imread(os.path.join(source, "masks", f"{stem}.png"), cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8)
-            inner = cv2.erode(mask, np.ones((5, 5), np.uint8))
-            cv2.imwrite(str(folder / "masks" / f"img{i:03d}.png"), np.where(inner > 0, 1, 2 * mask).astype(np.uint8))
-    return folder
-
-
 def make_run(root, classes=2):
-    """A run folder as training.train leaves it (best.keras, config.json, splits.json) on 24 real
-    images, with an untrained tiny LiteNeXt whose norms have non-trivial gamma/beta (fast: no
-    training); `classes=3` gives a multiclass run with named classes and a K=3 head."""
-    data = make_dataset_folder(root / "data", classes=classes)
-    out = root / "run"
-    out.mkdir()
-    task = {} if classes == 2 else {"task": "multiclass", "num_classes": 3, "class_names": CLASSES}
-    config = TrainConfig(data=str(data), output=str(out), epochs=1, image_size=32, batch_size=4,
-                         model_kwargs={"width": 8}, mwl_kernel=3, verbose=0, **task)
-    write_json(out / "config.json", config.to_dict())
-    stems = [f"img{i:03d}" for i in range(24)]
-    save_splits(out / "splits.json", split_stems(stems, (0.7, 0.1, 0.2), seed=0))
+    """A run folder as training.train leaves it (data, best.keras, config.json, splits.json) on
+    the first 24 real DSB 2018 images of the bundled sample (96x96 nuclei, stored here at 32x32),
+    with an untrained tiny LiteNeXt whose norms have non-trivial gamma/beta (fast: no training).
+
+    An untrained network predicts no foreground on the real masks, which would make every Dice
+    0 and every comparison trivial. So the head's biases are shifted until each class covers a
+    fair share of the pixels, and the masks stored are the float model's own labels: the float
+    model scores Dice 1, and what a file loses is what conversion and quantization change.
+    `classes=3` gives a multiclass run with named classes and a K=3 head."""
+    source = sample_data_dir()
+    stems = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(source, "images")))[:24]
+    data = root / "data"
+    for sub in ("images", "masks"):
+        os.makedirs(data / sub)
+    bgr = np.stack([cv2.resize(cv2.imread(os.path.join(source, "images", f"{s}.png"), cv2.IMREAD_COLOR), (32, 32),
+                               interpolation=cv2.INTER_AREA) for s in stems])
+    for i, image in enumerate(bgr):
+        cv2.imwrite(str(data / "images" / f"img{i:03d}.png"), image)
     keras.utils.set_random_seed(0)
     model = LiteNeXt(input_shape=(32, 32, 3), width=8, num_classes=1 if classes == 2 else classes)
     rng = np.random.default_rng(0)
@@ -79,6 +67,28 @@ def make_run(root, classes=2):
         if isinstance(layer, ChannelLayerNorm):
             layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape).astype("float32"))
             layer.beta.assign(rng.normal(0.0, 0.2, layer.beta.shape).astype("float32"))
+    head = model.get_layer("head")
+    x = x01(bgr[..., ::-1].copy())  # RGB, as the data pipeline reads the files
+    logits = run_eager(model, x)
+    if classes == 2:  # 30 % foreground
+        head.bias.assign(head.bias.numpy() - np.quantile(logits, 0.7))
+    else:  # class shares near 50 / 25 / 25 %
+        target, bias = np.array([0.5, 0.25, 0.25]), np.zeros(classes)
+        for _ in range(200):
+            share = np.bincount(np.argmax(logits + bias, axis=-1).ravel(), minlength=classes) / logits[..., 0].size
+            bias += 0.1 * np.log(target / (share + 1e-3)) * np.std(logits)
+        head.bias.assign((head.bias.numpy() + bias).astype("float32"))
+    logits = run_eager(model, x)
+    labels = (logits[..., 0] > 0) if classes == 2 else np.argmax(logits, axis=-1)
+    for i, label in enumerate(labels.astype(np.uint8)):
+        cv2.imwrite(str(data / "masks" / f"img{i:03d}.png"), label)
+    out = root / "run"
+    out.mkdir()
+    task = {} if classes == 2 else {"task": "multiclass", "num_classes": 3, "class_names": CLASSES}
+    config = TrainConfig(data=str(data), output=str(out), epochs=1, image_size=32, batch_size=4,
+                         model_kwargs={"width": 8}, mwl_kernel=3, verbose=0, **task)
+    write_json(out / "config.json", config.to_dict())
+    save_splits(out / "splits.json", split_stems([f"img{i:03d}" for i in range(24)], (0.7, 0.1, 0.2), seed=0))
     model.save(out / "best.keras")
     return out
 
@@ -106,7 +116,7 @@ def converted3(run3, tmp_path_factory):
     """The convert CLI on the 3-class run: int8 and fp32 only, one QAT epoch (finetune_run end
     to end with the task's loss, metrics and monitor)."""
     out = tmp_path_factory.mktemp("tflite3")
-    rc = load_cli("convert").main([str(run3), "--output", str(out), "--qat-epochs", "1", "--calibration-images", "16",
+    rc = load_cli("convert").main([str(run3), "--output", str(out), "--qat-epochs", "1", "--calibration-images", "8",
                                    "--kinds", "int8,fp32", "--verbose", "0"])
     return rc, out
 
@@ -201,7 +211,8 @@ def test_quality_gate_at_default_thresholds_on_real_numbers(converted, run, arra
     assert f"int8 test Dice {100 * q:.2f} vs float {100 * f:.2f}" in message and f"of {abs(drop):.2f} points" in message
     assert ("within" if expected else "more than") in message
     # The same numbers against a threshold on either side of the measured drop.
-    assert E.quality_gate(report, drop + 0.01)[0] is True and E.quality_gate(report, drop - 0.01)[0] is False
+    assert E.quality_gate(report, drop + 0.01, drop + 0.01)[0] is True
+    assert E.quality_gate(report, drop - 0.01, drop + 0.01)[0] is False and E.quality_gate(report, drop + 0.01, drop - 0.01)[0] is False
 
 
 def test_report_dice_equals_keras_and_evaluate_tflite(converted, run, arrays):
@@ -231,7 +242,7 @@ def test_contract_pixel_formula_feeds_the_int8_file(converted, run, arrays):
     logits = (raw.astype(np.float32) - contract["output"]["zero_point"]) * contract["output"]["scale"]
     assert np.array_equal(mask, logits[..., 0] > 0)
     keras_mask = run_eager(float_model(run), x01(pixels))[..., 0] > 0
-    assert np.mean(mask == keras_mask) >= 0.95
+    assert np.mean(mask == keras_mask) >= 0.9  # measured 0.948 (an untrained network amplifies int8 rounding)
 def test_int8_files_have_no_float_ops(converted):
     _, out = converted
     for kind in ("int8", "int8_ptq"):
@@ -277,10 +288,11 @@ def test_qat_simulation_matches_the_int8_file(converted, arrays):
 
     # End to end, the one-step differences add up through ~340 int8 ops and 24 layer norms.
     # Measured here (real DSB 2018 images at 32x32, an untrained tiny model with random norms,
-    # which amplifies differences more than a trained one): median 3 steps, 83 % of logits
-    # within 8 steps, 97.4 % within 16, masks 100 % equal (XNNPACK); builtin kernels 4 / 78 % /
-    # 96.4 % / 100 %. On the trained dsb2018_96 (192x192) and bbbc039 models: 92 % and 96 %
-    # within 2 steps, 99.99 % within 8, masks 99.9 % equal (XNNPACK; tflite/README.md).
+    # which amplifies differences more than a trained one, its head biased to 30 % foreground):
+    # median 4 steps, 70.8 % of logits within 8 steps, 93.7 % within 16, masks 95.1 % equal
+    # (XNNPACK); builtin kernels 5 / 65.3 % / 90.9 % / 94.7 %. On the trained dsb2018_96
+    # (192x192) and bbbc039 models: 92 % and 96 % within 2 steps, 99.99 % within 8, masks 99.9 %
+    # equal (XNNPACK; tflite/README.md).
     x = np.concatenate([arrays[k][0] for k in ("train", "val", "test")]).astype(np.float32) / 255.0
     simulated = run_eager(qat, x)
     scale = info["output"]["scale"]
@@ -289,7 +301,7 @@ def test_qat_simulation_matches_the_int8_file(converted, arrays):
         tflite = T.run_tflite(data, x, xnnpack=xnnpack)
         steps = np.abs(tflite - simulated) / scale
         measured[xnnpack] = (np.median(steps), np.mean(steps <= 8), np.mean(steps <= 16), np.mean((tflite > 0) == (simulated > 0)))
-    for xnnpack, median, within8, within16, masks in ((True, 4, 0.78, 0.95, 0.97), (False, 5, 0.72, 0.94, 0.97)):
+    for xnnpack, median, within8, within16, masks in ((True, 5, 0.66, 0.91, 0.93), (False, 6, 0.60, 0.88, 0.92)):
         m = measured[xnnpack]
         assert m[0] <= median + 1e-3 and m[1] >= within8 and m[2] >= within16 and m[3] >= masks, (xnnpack, m)
 
@@ -385,7 +397,7 @@ def test_multiclass_run_exports_classes_and_per_class_dice(converted3, run3):
     for kind in ("int8", "fp32"):
         contract = json.loads((out / f"litenext_{kind}.json").read_text())
         assert contract["task"] == "multiclass" and contract["num_classes"] == 3
-        assert contract["classes"] == contract["output"]["classes"] == {"0": "background", "1": "nucleus", "2": "border"}
+        assert contract["classes"] == contract["output"]["classes"] == {"0": "background", "1": "Cell body", "2": "halo"}
         assert contract["output"]["shape"] == [1, 32, 32, 3]
         assert "arg-max over the last axis" in contract["output"]["mask"] and "3 logits per pixel" in contract["output"]["meaning"]
         assert "sigmoid" not in json.dumps(contract["output"])
@@ -400,24 +412,23 @@ def test_multiclass_run_exports_classes_and_per_class_dice(converted3, run3):
     for key, logits in outputs.items():
         expected = per_image_scores(masks, logits, class_names=CLASSES)
         test = entries[key]["test"]
-        assert set(test["per_class"]) == {"nucleus", "border"}, key
-        for name in ("nucleus", "border"):
-            assert nan_equal(report_dice(test["per_image"][f"dice_{name}"]), expected[f"dice_{name}"], atol=1e-9), (key, name)
-            if np.isfinite(expected[f"dice_{name}"]).any():
-                assert test["per_class"][name]["dice"]["mean"] == pytest.approx(np.nanmean(expected[f"dice_{name}"]))
-                assert test["per_class"][name]["hd95"]["mean"] == pytest.approx(np.nanmean(expected[f"hd95_{name}"]))
+        assert set(test["per_class"]) == set(KEYS), key
+        for name, suffix in KEYS.items():
+            assert nan_equal(report_dice(test["per_image"][f"dice_{name}"]), expected[f"dice_{suffix}"], atol=1e-9), (key, name)
+            assert test["per_class"][name]["dice"]["mean"] == pytest.approx(np.nanmean(expected[f"dice_{suffix}"]))
+            assert test["per_class"][name]["hd95"]["mean"] == pytest.approx(np.nanmean(expected[f"hd95_{suffix}"]))
         assert test["dice"]["mean"] == pytest.approx(np.nanmean(expected["dice"]))
     drops = report["gate"]["class_dice_drop_points"]
-    for name in ("nucleus", "border"):
+    for name in KEYS:
         f, q = report["keras_float"]["test"]["per_class"][name]["dice"]["mean"], entries["int8"]["test"]["per_class"][name]["dice"]["mean"]
         assert drops[name] == pytest.approx(100 * (f - q), abs=1e-3)
     md = (out / "report.md").read_text()
-    assert "| model | nucleus Dice | nucleus HD95 | border Dice | border HD95 |" in md and "background, nucleus, border" in md
+    assert "| model | Cell body Dice | Cell body HD95 | halo Dice | halo HD95 |" in md and "background, Cell body, halo" in md
 
     # finetune_run ran one epoch with the task's metrics, monitoring val_dice, and kept the better of start and epoch 1.
     qat = report["qat"]
     assert qat["epochs"] == 1 and qat["monitor"] == "val_dice" and len(qat["history"]["val_dice"]) == 1
-    assert {"val_dice_nucleus", "val_dice_border"} <= set(qat["history"])
+    assert {"val_dice_cell_body", "val_dice_halo"} <= set(qat["history"])
     candidates = [qat["start_score"], qat["history"]["val_dice"][0]]
     assert qat["best_epoch"] == int(np.argmax(candidates))
     assert set(qat["rsqrt_quantile_val_dice"]) == {"None", "0.99", "0.9", "0.5"}
@@ -434,7 +445,7 @@ def test_multiclass_contract_decodes_the_int8_file(converted3, run3):
     logits = (raw.astype(np.float32) - contract["output"]["zero_point"]) * contract["output"]["scale"]
     assert np.array_equal(labels, np.argmax(logits, axis=-1))
     keras_labels = np.argmax(run_eager(float_model(run3), x01(pixels)), axis=-1)
-    assert np.mean(labels == keras_labels) >= 0.9
+    assert np.mean(labels == keras_labels) >= 0.85  # measured 0.898
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,12 +490,18 @@ def test_quality_gate_binary_is_the_mean_drop():
 # QAT fine-tuning keeps the best validation epoch
 # ----------------------------------------------------------------------------------------------
 class Recorder(keras.callbacks.Callback):
+    """The calibrated start and every epoch: val_dice, all weights (ranges included), and the
+    trainable ones (kernels, biases, norms: ranges move in training even at lr 0)."""
+
     def on_train_begin(self, logs=None):
-        self.start, self.scores, self.weights = [np.array(w) for w in self.model.get_weights()], [], []
+        self.scores, self.weights, self.trained = [], [], []
+        self.start = [np.array(w) for w in self.model.get_weights()]
+        self.start_trained = [np.array(w) for w in self.model.trainable_weights]
 
     def on_epoch_end(self, epoch, logs=None):
         self.scores.append(float(logs["val_dice"]))
         self.weights.append([np.array(w) for w in self.model.get_weights()])
+        self.trained.append([np.array(w) for w in self.model.trainable_weights])
 
 
 def test_qat_finetune_keeps_the_best_val_epoch_and_moves_the_weights(arrays):
@@ -503,7 +520,7 @@ def test_qat_finetune_keeps_the_best_val_epoch_and_moves_the_weights(arrays):
 
     scores = [qat.qat_start_score, *recorder.scores]  # epoch 0 = the calibrated start
     assert len(set(np.round(scores, 6))) > 1, scores  # the epochs differ, so a wrong restore would show
-    assert not all(np.array_equal(a, b) for a, b in zip(recorder.start, recorder.weights[0]))  # fine-tuning moved the weights
+    assert recorder.start_trained and not all(np.array_equal(a, b) for a, b in zip(recorder.start_trained, recorder.trained[0]))
     best = int(np.argmax(scores))
     assert qat.qat_best_epoch == best
     kept = recorder.start if best == 0 else recorder.weights[best - 1]
@@ -547,7 +564,7 @@ def test_load_source_errors_name_the_file(run, tmp_path):
     # A bare .keras file with --data: split 80/10/10 of the same 24 pairs, task read off the model.
     source = E.load_source(run / "best.keras", data=config["data"])
     assert source.run.path is None and source.run.task.name == "binary"
-    assert [len(source.arrays[k][0]) for k in ("train", "val", "test")] == [19, 2, 3] and source.meta["run"] is None
+    assert [len(source.arrays[k][0]) for k in ("train", "val", "test")] == [20, 2, 2] and source.meta["run"] is None
 
 
 def test_convert_cli_bad_input_and_force(capsys, monkeypatch, tmp_path, run):
