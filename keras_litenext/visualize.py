@@ -12,6 +12,16 @@ GT_COLOR = (0, 255, 0)  # RGB: ground-truth outline, green
 PRED_COLOR = (255, 0, 80)  # RGB: predicted mask, red tint and outline
 
 
+def _as_rgb(image):
+    """`(H, W, 3)` uint8 copy of a grey/RGB(A) image, uint8 or float in `[0, 1]`."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        img = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = img[..., None]
+    return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3].copy()
+
+
 def overlay(image, pred_mask, true_mask=None, alpha=0.35):
     """An RGB uint8 picture of `image` with the predicted mask tinted red and outlined, and the
     ground-truth outline in green when `true_mask` is given.
@@ -20,12 +30,7 @@ def overlay(image, pred_mask, true_mask=None, alpha=0.35):
         image: `(H, W)` or `(H, W, C)` array, uint8 or float in `[0, 1]`.
         pred_mask, true_mask: `(H, W)` or `(H, W, 1)` arrays, non-zero = foreground.
     """
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = np.clip(img * 255.0, 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = img[..., None]
-    img = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3].copy()
+    img = _as_rgb(image)
     pred = (np.squeeze(np.asarray(pred_mask)) > 0).astype(np.uint8)
     tint = img.astype(np.float32)
     tint[pred > 0] = (1 - alpha) * tint[pred > 0] + alpha * np.array(PRED_COLOR, np.float32)
@@ -60,12 +65,7 @@ def overlay_labels(image, labels, num_classes, true_labels=None, alpha=0.35):
     labels = np.squeeze(np.asarray(labels))
     if num_classes <= 2:
         return overlay(image, labels, true_labels, alpha=alpha)
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = np.clip(img * 255.0, 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = img[..., None]
-    img = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3].copy()
+    img = _as_rgb(image)
     colors = class_colors(num_classes)
     tint = img.astype(np.float32)
     for c in range(1, num_classes):

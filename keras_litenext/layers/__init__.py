@@ -26,18 +26,6 @@ from keras_litenext.layers.input_shape import check_input_shape
 
 PACKAGE = "keras_litenext"
 
-# LiteNeXt's blocks, importable from here as before (they live in the family's folder).
-_LITENEXT_BLOCKS = ("DownsampleBlock", "LGEMixerBlock", "MultiScaleAttentionFusion", "ResidualBottleneck", "ScaleWeightedSum")
-
-
-def __getattr__(name):
-    if name in _LITENEXT_BLOCKS:
-        from keras_litenext.models.litenext import litenext_layers
-
-        return getattr(litenext_layers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "PACKAGE",
     "ChannelLayerNorm",
@@ -47,5 +35,4 @@ __all__ = [
     "check_input_shape",
     "conv_fan_in",
     "torch_init",
-    *_LITENEXT_BLOCKS,
 ]
