@@ -9,6 +9,7 @@
 # `import keras_litenext`.
 from keras_litenext import layers, losses, metrics, quantization
 from keras_litenext.models import LiteNeXt, ModelSpec, create_model, get_spec, list_models, spec_of
+from keras_litenext.models import ULite
 from keras_litenext.utils import count_macs
 from keras_litenext.version import __version__
 from keras_litenext.weights import load_torch_weights
@@ -16,6 +17,7 @@ from keras_litenext.weights import load_torch_weights
 __all__ = [
     "LiteNeXt",
     "ModelSpec",
+    "ULite",
     "count_macs",
     "create_model",
     "get_spec",

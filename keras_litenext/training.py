@@ -26,7 +26,7 @@ import numpy as np
 from keras_litenext import data as data_lib
 from keras_litenext.losses import MWL_WEIGHTS
 from keras_litenext.metrics import summarize
-from keras_litenext.models import create_model
+from keras_litenext.models import create_model, get_spec
 from keras_litenext.runs import BEST, HISTORY, METRICS, Run, TrainConfig
 from keras_litenext.utils import atomic_path
 from keras_litenext.visualize import overlay_labels, plot_history, save_grid
@@ -54,11 +54,14 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 class BestModelCheckpoint(keras.callbacks.Callback):
     """Save `model` (the inference model, which may differ from the one being fitted) to
-    `path` whenever `monitor` improves; atomic, so a crash never leaves a half-written file."""
+    `path` whenever `monitor` improves; atomic, so a crash never leaves a half-written file.
+    `transform` (e.g. a family's re-parameterisation, `ModelSpec.deploy_form`) is applied to
+    the model before it is saved."""
 
-    def __init__(self, model_to_save, path, monitor="val_dice", mode="max", best=None):
+    def __init__(self, model_to_save, path, monitor="val_dice", mode="max", best=None, transform=None):
         super().__init__()
         self.model_to_save, self.path, self.monitor, self.mode = model_to_save, path, monitor, mode
+        self.transform = transform
         self.best = best if best is not None else (-math.inf if mode == "max" else math.inf)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -69,8 +72,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if (value > self.best) if self.mode == "max" else (value < self.best):
             self.best = value
             _ = self.model  # on JAX, sync the training state into the variables first
+            model = self.transform(self.model_to_save) if self.transform else self.model_to_save
             with atomic_path(self.path) as tmp:
-                self.model_to_save.save(tmp)
+                model.save(tmp)
 
 
 def _resolve(config):
@@ -190,7 +194,8 @@ def train(config, strategy=None):
             config.model, input_shape=(config.image_size, config.image_size, config.channels),
             num_classes=task.output_channels, **config.model_kwargs,
         )
-        callbacks = []
+        spec = get_spec(config.model)
+        callbacks = spec.callbacks(config.epochs)
         if config.serp:
             from keras_litenext.serp import build_serp_model
 
@@ -223,7 +228,8 @@ def train(config, strategy=None):
         StopOnNonFiniteLoss(),
         *callbacks,
         keras.callbacks.CSVLogger(run.file(HISTORY), append=config.resume),
-        BestModelCheckpoint(model, best_path, monitor=task.monitor, mode=task.monitor_mode, best=best),
+        BestModelCheckpoint(model, best_path, monitor=task.monitor, mode=task.monitor_mode, best=best,
+                            transform=spec.deploy and spec.deploy_form),
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
         keras.callbacks.BackupAndRestore(os.path.join(out, "backup"), double_checkpoint=True),
     ]
@@ -239,7 +245,8 @@ def train(config, strategy=None):
         ) from None
     train_seconds = time.time() - start
 
-    return finish_run(config, model if not os.path.exists(best_path) else keras.saving.load_model(best_path), arrays, train_seconds)
+    final = keras.saving.load_model(best_path) if os.path.exists(best_path) else spec.deploy_form(model)
+    return finish_run(config, final, arrays, train_seconds)
 
 
 def task_loss(config):

@@ -4,8 +4,8 @@ For each `list_models()` entry: it builds at its default and at a small size, is
 functional graph of standard or registered layers, survives a `.keras` round trip bit for bit,
 runs under the JAX backend, rejects a size that breaks its `size_multiple` with a message that
 names the multiple, has the feature layers its spec names, has a PyTorch name for every
-weighted layer when the spec maps them, and converts to a full-int8 TFLite file through
-`quantize_model` + `calibrate` with no float op left.
+weighted layer when the spec maps them, and converts its deploy form (`spec.deploy_form`) to a
+full-int8 TFLite file through `quantize_model` + `calibrate` with no float op left.
 """
 
 import os
@@ -137,7 +137,7 @@ def test_quantizes_and_converts_to_full_int8(case):
     from keras_litenext import tflite
 
     spec, model, images, *_ = case
-    qat = Q.calibrate(Q.quantize_model(model), images, batch_size=2)
+    qat = Q.calibrate(Q.quantize_model(spec.deploy_form(model)), images, batch_size=2)  # what the converter gets
     assert Q.uncalibrated_quantizers(qat) == []
     data = tflite.convert(qat, "int8", representative_data=(images * 255).astype(np.uint8))
     info = tflite.inspect_tflite(data)

@@ -146,11 +146,33 @@ def test_unsupported_layers_raise_a_clear_error():
     with pytest.raises(Q.UnsupportedLayerError, match="'shift'.*Lambda"):
         Q.quantize_model(lam)
 
+    flat = keras.Input((6,))
+    dense_bn = keras.Model(flat, layers.BatchNormalization(name="bn_2d")(layers.Add()([flat, flat])))
+    with pytest.raises(Q.UnsupportedLayerError, match="'bn_2d'.*folded when it directly follows.*4-D"):
+        Q.quantize_model(dense_bn)
+
+
+def test_batchnorm_that_cannot_fold_becomes_a_depthwise_conv():
+    """A BatchNorm after an add (U-Lite's skips) keeps its float output in the QAT model and
+    converts to one int8 DEPTHWISE_CONV_2D, not per-tensor MUL/ADD."""
+    pytest.importorskip("tensorflow")
+    from keras_litenext import tflite
+
+    rng = np.random.default_rng(3)
+    inputs = keras.Input((8, 8, 3))
     a = layers.Conv2D(4, 1, name="a")(inputs)
     b = layers.Conv2D(4, 1, name="b")(inputs)
-    standalone = keras.Model(inputs, layers.BatchNormalization(name="bn_after_add")(layers.Add()([a, b])))
-    with pytest.raises(Q.UnsupportedLayerError, match="'bn_after_add'.*folded only when it directly follows"):
-        Q.quantize_model(standalone)
+    bn = layers.BatchNormalization(name="bn_after_add")
+    model = keras.Model(inputs, bn(layers.Add()([a, b])))
+    bn.set_weights([rng.uniform(0.5, 2, 4), rng.normal(size=4), rng.normal(size=4), rng.uniform(0.1, 3, 4)])
+    images = rng.random((8, 8, 8, 3), dtype=np.float32)
+    qat = Q.quantize_model(model)
+    assert type(qat.get_layer("bn_after_add")).__name__ == "QuantBatchNormalization"
+    Q.set_quant_mode(qat, "float")
+    np.testing.assert_allclose(np.asarray(qat(images)), np.asarray(model(images)), atol=1e-5)
+    qat = Q.calibrate(qat, images, batch_size=4)
+    info = tflite.inspect_tflite(tflite.convert(qat, "int8", representative_data=images))
+    assert sum(info["float_ops"].values()) == 0 and "DEPTHWISE_CONV_2D" in info["op_counts"], info["op_counts"]
 
 
 def test_batchnorm_after_conv_is_folded():

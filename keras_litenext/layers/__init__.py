@@ -12,7 +12,8 @@ Shared here:
   so that it quantizes to int8 (with its QAT and deployment forms and their rules);
 - `ConvNormAct`: convolution, norm, activation (LiteNeXt's CLG unit by default);
 - `torch_init`: PyTorch's initialisation of convolutions and dense layers;
-- `check_input_shape`: the input-shape rule every builder checks first.
+- `check_input_shape`: the input-shape rule every builder checks first;
+- `AxialDepthwiseConv`: U-Lite's axial depthwise convolution, `x + DW_(k x 1)(x) + DW_(1 x k)(x)`.
 
 Blocks of one family live in its folder (`keras_litenext.models.litenext.litenext_layers`);
 `LGEMixerBlock`, `DownsampleBlock`, `ResidualBottleneck`, `MultiScaleAttentionFusion` and
@@ -20,6 +21,7 @@ Blocks of one family live in its folder (`keras_litenext.models.litenext.litenex
 only, so it runs on every Keras backend.
 """
 
+from keras_litenext.layers.axial import AxialDepthwiseConv
 from keras_litenext.layers.channel_layer_norm import ChannelLayerNorm, DeployChannelLayerNorm, QuantChannelLayerNorm
 from keras_litenext.layers.conv_norm_act import ConvNormAct, conv_fan_in, torch_init
 from keras_litenext.layers.input_shape import check_input_shape
@@ -28,6 +30,7 @@ PACKAGE = "keras_litenext"
 
 __all__ = [
     "PACKAGE",
+    "AxialDepthwiseConv",
     "ChannelLayerNorm",
     "ConvNormAct",
     "DeployChannelLayerNorm",

@@ -15,10 +15,12 @@ from keras_litenext.models.registry import (
     spec_of,
 )
 from keras_litenext.models.litenext import LiteNeXt  # registers "litenext"
+from keras_litenext.models.ulite import ULite  # registers "ulite"
 
 __all__ = [
     "LiteNeXt",
     "ModelSpec",
+    "ULite",
     "create_model",
     "feature_extractor",
     "get_spec",

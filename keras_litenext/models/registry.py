@@ -43,6 +43,12 @@ class ModelSpec:
         description: one line.
         default_input_shape: `(height, width, channels)` the builder uses by default.
         reference: the paper (citation and arXiv id).
+        deploy: function `model -> model` giving the inference form of a trained model (for
+            example a re-parameterised one), or None when the trained model is deployed as is.
+            Training saves this form as the run's `best.keras`, so evaluation, prediction and
+            conversion use it.
+        training_callbacks: function `(epochs) -> [keras.callbacks.Callback, ...]` of callbacks
+            the family needs while training (for example a schedule), or None.
     """
 
     name: str
@@ -54,6 +60,8 @@ class ModelSpec:
     description: str = ""
     default_input_shape: Tuple[Optional[int], Optional[int], int] = (256, 256, 3)
     reference: str = ""
+    deploy: Optional[Callable[[keras.Model], keras.Model]] = None
+    training_callbacks: Optional[Callable[[int], list]] = None
 
     def __post_init__(self):
         if not self.name or self.name != self.name.lower():
@@ -78,6 +86,14 @@ class ModelSpec:
                 f"{self.name}: the spec's feature layers {list(missing or names)} are not layers of model {model.name!r}."
             )
         return names
+
+    def deploy_form(self, model):
+        """`model` in its inference form (`deploy(model)`), or `model` itself."""
+        return self.deploy(model) if self.deploy is not None else model
+
+    def callbacks(self, epochs):
+        """The family's own training callbacks for a run of `epochs` epochs."""
+        return list(self.training_callbacks(int(epochs))) if self.training_callbacks is not None else []
 
 
 def register_model(spec, builder=None, **fields):

@@ -7,6 +7,8 @@ layers are copied, and their rule says how their output is quantized:
 
 - own int8 scale (`OWN`): conv/dense outputs, activations, adds, products, concatenations
   (inputs tied to the output, as int8 CONCATENATION requires), global average pools;
+- a `BatchNormalization` that `fold_batch_norms` could not fold (after an add or a
+  concatenation) becomes `QuantBatchNormalization`, a per-channel depthwise 1x1 convolution;
 - the input's scale and values (`KEEP`): max-pooling, reshapes, padding, `RepeatVector`, dropout;
 - the input's scale, new values (`SAME`): bilinear up-sampling and average pooling;
 - TFLite's fixed output scales: softmax and sigmoid 1/256 (zero point -128), tanh 1/128.
@@ -142,6 +144,65 @@ class ConcatRepeatVector(layers.RepeatVector):
         return ops.concatenate([ops.expand_dims(inputs, 1)] * self.n, axis=1)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantBatchNormalization(QuantLayerMixin, layers.BatchNormalization):
+    """A `BatchNormalization` that no convolution absorbs, as the int8 depthwise 1x1 convolution
+    it converts to.
+
+    A BatchNorm right after a conv or dense layer is folded into it (`fold_batch_norms`); one
+    after an add or a concatenation (U-Lite's skips and bottleneck) cannot be. In inference it
+    is `x * s + (beta - mean * s)`, `s = gamma / sqrt(var + epsilon)` per channel. The stock
+    layer converts to MUL and ADD with per-*tensor* int8 constants, one scale for every
+    channel's `s`; written as a depthwise 1x1 convolution with kernel `s` and that bias it
+    converts to one DEPTHWISE_CONV_2D with per-channel int8 weights (one weight per channel, so
+    exactly on its grid) and an int32 bias. The kernel is fake-quantized as
+    `QuantDepthwiseConv2D`'s. Statistics stay frozen (the moving ones, also in training), as in
+    a folded BatchNorm; gamma and beta stay trainable. The output gets its own quantizer.
+
+    Args:
+        decay: unused (no range of its own; the output's `FakeQuant` follows it).
+        **kwargs: `keras.layers.BatchNormalization` arguments.
+    """
+
+    def __init__(self, *args, decay=0.99, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(decay)
+
+    def call(self, inputs, training=None, mask=None):
+        channels = inputs.shape[-1]
+        x = ops.cast(inputs, "float32")
+        scale = ops.rsqrt(ops.add(ops.cast(self.moving_variance, "float32"), self.epsilon))
+        if self.scale:
+            scale = ops.multiply(scale, ops.cast(self.gamma, "float32"))
+        bias = ops.negative(ops.multiply(ops.cast(self.moving_mean, "float32"), scale))
+        if self.center:
+            bias = ops.add(bias, ops.cast(self.beta, "float32"))
+        kernel = ops.reshape(scale, (1, 1, 1, channels))
+        if self.quant_mode == "quantize":
+            kernel = quantize_weights(kernel, -1)
+        outputs = ops.depthwise_conv(x, ops.reshape(kernel, (1, 1, channels, 1)), strides=1, padding="valid")
+        outputs = ops.add(outputs, ops.reshape(bias, (1, 1, 1, channels)))
+        return ops.cast(outputs, inputs.dtype)
+
+
+class _BatchNormalizationRule(QuantRule):
+    """A BatchNormalization left after folding becomes `QuantBatchNormalization` (4-D,
+    channels-last inputs only)."""
+
+    def quantize(self, layer, decay):
+        rank = len(layer.input.shape)
+        axis = layer.axis if isinstance(layer.axis, int) else None
+        if rank != 4 or axis not in (-1, rank - 1):
+            raise unsupported_error(
+                layer,
+                " (a BatchNormalization is folded when it directly follows a Conv2D, DepthwiseConv2D or Dense whose "
+                "output nothing else uses, and is otherwise quantized as a depthwise 1x1 convolution, which needs a 4-D "
+                "input normalised over its last axis; move it after such a layer)",
+                hint=False,
+            )
+        return super().quantize(layer, decay)
+
+
 register_quant_rule(layers.Conv2D, _KernelRule(qat_class=QuantConv2D))
 register_quant_rule(layers.DepthwiseConv2D, _KernelRule(qat_class=QuantDepthwiseConv2D))
 register_quant_rule(layers.Dense, _KernelRule(qat_class=QuantDense))
@@ -149,6 +210,7 @@ register_quant_rule(
     layers.RepeatVector, QuantRule(output=KEEP, qat_class=ConcatRepeatVector, deploy_class=ConcatRepeatVector)
 )
 register_quant_rule(ConcatRepeatVector, QuantRule(output=KEEP))
+register_quant_rule(layers.BatchNormalization, _BatchNormalizationRule(qat_class=QuantBatchNormalization))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,11 +249,6 @@ register_quant_rule(
         layers.SpatialDropout2D, layers.GaussianNoise, layers.GaussianDropout, layers.Identity,
     ),
     QuantRule(output=KEEP),
-)
-register_quant_rule(
-    layers.BatchNormalization,
-    QuantRule(reject="a BatchNormalization is folded only when it directly follows a Conv2D, DepthwiseConv2D or Dense "
-                     "whose output nothing else uses; move it there or remove it"),
 )
 register_quant_rule(layers.Lambda, QuantRule(reject="Lambda layers cannot be analysed; write the step with layers or keras.ops"))
 
