@@ -9,12 +9,13 @@
 # `import keras_litenext`.
 from keras_litenext import layers, losses, metrics, quantization
 from keras_litenext.models import LiteNeXt, ModelSpec, create_model, get_spec, list_models, spec_of
-from keras_litenext.models import ULite
+from keras_litenext.models import LVUNet, ULite, model_to_deploy, reparameterize
 from keras_litenext.utils import count_macs
 from keras_litenext.version import __version__
 from keras_litenext.weights import load_torch_weights
 
 __all__ = [
+    "LVUNet",
     "LiteNeXt",
     "ModelSpec",
     "ULite",
@@ -26,7 +27,9 @@ __all__ = [
     "load_torch_weights",
     "losses",
     "metrics",
+    "model_to_deploy",
     "quantization",
+    "reparameterize",
     "spec_of",
     "__version__",
 ]

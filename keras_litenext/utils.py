@@ -48,6 +48,8 @@ def count_macs(model, input_shape=None, by_layer=False):
     Counts convolutions (dense, depthwise and transposed) and dense layers, without biases, norms,
     activations, pooling or resizing: the convention behind the "0.42 GFLOPs" of LiteNeXt (its
     412.27 M conv/linear MACs at 256x256, measured on the reference code with forward hooks).
+    A layer that holds convolutions of its own (LV-UNet's fusible layers) says what they cost
+    with a method `count_macs(input_shape, output_shape)`.
 
     Args:
         model: a functional `keras.Model`.
@@ -65,7 +67,8 @@ def count_macs(model, input_shape=None, by_layer=False):
     model = _with_input_shape(model, input_shape)
     per_layer = {}
     for layer in model.layers:
-        if not isinstance(layer, _MAC_LAYERS):
+        own = getattr(layer, "count_macs", None)
+        if not isinstance(layer, _MAC_LAYERS) and not callable(own):
             continue
         for node in layer._inbound_nodes:
             in_shape = node.input_tensors[0].shape
@@ -74,7 +77,8 @@ def count_macs(model, input_shape=None, by_layer=False):
                 raise ValueError(
                     f"count_macs: {layer.name!r} has an unknown output size {out_shape}; pass input_shape=(height, width, channels)."
                 )
-            per_layer[layer.name] = per_layer.get(layer.name, 0) + _macs(layer, in_shape, out_shape)
+            macs = own(in_shape, out_shape) if callable(own) else _macs(layer, in_shape, out_shape)
+            per_layer[layer.name] = per_layer.get(layer.name, 0) + int(macs)
     total = sum(per_layer.values())
     return (total, per_layer) if by_layer else total
 

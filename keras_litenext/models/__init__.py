@@ -15,9 +15,11 @@ from keras_litenext.models.registry import (
     spec_of,
 )
 from keras_litenext.models.litenext import LiteNeXt  # registers "litenext"
+from keras_litenext.models.lvunet import LVUNet, model_to_deploy, reparameterize  # registers "lvunet"
 from keras_litenext.models.ulite import ULite  # registers "ulite"
 
 __all__ = [
+    "LVUNet",
     "LiteNeXt",
     "ModelSpec",
     "ULite",
@@ -25,6 +27,8 @@ __all__ = [
     "feature_extractor",
     "get_spec",
     "list_models",
+    "model_to_deploy",
     "register_model",
+    "reparameterize",
     "spec_of",
 ]
