@@ -10,6 +10,7 @@
 from keras_litenext import layers, losses, metrics, quantization
 from keras_litenext.models import LiteNeXt, ModelSpec, create_model, get_spec, list_models, spec_of
 from keras_litenext.models import LVUNet, ULite, model_to_deploy, reparameterize
+from keras_litenext.models import MedNeXtClassifier, MedNeXtSeg
 from keras_litenext.utils import count_macs
 from keras_litenext.version import __version__
 from keras_litenext.weights import load_torch_weights
@@ -17,6 +18,8 @@ from keras_litenext.weights import load_torch_weights
 __all__ = [
     "LVUNet",
     "LiteNeXt",
+    "MedNeXtClassifier",
+    "MedNeXtSeg",
     "ModelSpec",
     "ULite",
     "count_macs",

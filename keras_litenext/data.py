@@ -696,8 +696,9 @@ class _Augmenter:
 
     def __call__(self, image, mask, seed=None):
         c = self.config
+        no_mask = mask is None  # image-only (classification): the mask steps are left out
         image = tf.cast(tf.convert_to_tensor(image), tf.float32)
-        mask = tf.cast(tf.convert_to_tensor(mask), tf.float32)
+        mask = image[..., :1] if no_mask else tf.cast(tf.convert_to_tensor(mask), tf.float32)
         single = image.shape.rank == 3
         if single:
             image, mask = image[None], mask[None]
@@ -714,7 +715,8 @@ class _Augmenter:
         if c["flip"] or c["rotation"] or c["scale"]:
             transforms = _geometry(u, shape[1], shape[2], c["rotation"], c["flip"], c["scale"])
             image = _warp(image, transforms, "BILINEAR")
-            mask = _warp(mask, transforms, "NEAREST")
+            if not no_mask:
+                mask = _warp(mask, transforms, "NEAREST")
 
         if c["brightness"] or c["contrast"]:
             # x * k + (mean * (1 - k) + delta): contrast around the per-channel mean, then brightness.
@@ -734,6 +736,8 @@ class _Augmenter:
             image = image + tf.reshape(strength, [-1, 1, 1, 1]) * (blurred - image)
 
         image = tf.clip_by_value(image, 0.0, 1.0)
+        if no_mask:
+            return (image[0] if single else image), None
         mask = tf.round(mask)  # nearest sampling copies labels; rounding only guards float noise
         if single:
             image, mask = image[0], mask[0]
@@ -769,7 +773,8 @@ def augmenter(seed=None, rotation=20, flip=True, scale=0.1, brightness=0.1, cont
         blur: probability of blurring an image.
 
     Returns:
-        callable ``augment(image, mask, seed=None) -> (image, mask)``. Inputs: images in [0, 1]
+        callable ``augment(image, mask, seed=None) -> (image, mask)``; ``mask=None`` augments the
+        image alone and returns ``(image, None)`` (classification). Inputs: images in [0, 1]
         and label maps (masks in {0, 1} or class indices), shaped ``(H, W, C)`` or ``(B, H, W, C)``. Outputs: float32, same
         shapes, image in [0, 1], mask values exactly those of the input. Given ``seed`` (an int tensor of shape
         (2,)), the result is a pure function of inputs and seed, which is how `make_dataset`

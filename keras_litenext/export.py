@@ -6,6 +6,12 @@ on the run's test split through the run's task (binary or multi-class, per class
 I/O contract of each file and `report.md`, and applies the quality gate. The TFLite mechanics
 live in `keras_litenext.tflite`, the run folder in `keras_litenext.runs`, the meaning of the
 output in `keras_litenext.tasks`.
+
+A classification run (`tasks.ClassificationTask`) goes the same way; its files are scored by
+accuracy, balanced accuracy and macro AUC on the test split, and its gate (`classification_gate`)
+fails when the int8 file loses more than `max_accuracy_drop` points of accuracy (default 1.0) or
+more than `max_auc_drop` of macro AUC (default 0.01, i.e. one AUC point; a rank score moves
+less than accuracy under quantization noise, so the same 1-point budget on a 0-100 scale).
 """
 
 import collections
@@ -35,6 +41,7 @@ __all__ = [
     "ConversionError",
     "ExportError",
     "Source",
+    "classification_gate",
     "dice_drops",
     "evaluate_tflite",
     "export_run",
@@ -66,10 +73,17 @@ def _first_line(err):
 # ----------------------------------------------------------------------------------------------
 # Scores through the task
 # ----------------------------------------------------------------------------------------------
-def _task_of_output(channels):
-    """The task a bare output implies: binary for one channel, multi-class (generic names) else."""
+def _task_of_output(channels, rank=4):
+    """The task a bare output implies: binary for one channel, multi-class (generic names) else;
+    classification for a `(batch, K)` output."""
     channels = int(channels)
+    if rank == 2:
+        return get_task("classification", num_classes=channels)
     return get_task(num_classes=2 if channels == 1 else channels)
+
+
+def _is_classification(task):
+    return getattr(task, "kind", "segmentation") == "classification"
 
 
 def _class_keys(task):
@@ -87,6 +101,8 @@ def score_logits(task, masks, logits, threshold=0.5, empty="skip", hd95=True):
     by the same code."""
     from keras_litenext.metrics import summarize
 
+    if _is_classification(task):  # masks are the class indices; accuracy, balanced accuracy, AUC, ...
+        return task.scores(masks, np.asarray(logits, np.float32))
     kwargs = {"empty": empty, "hd95": hd95}
     if task.output_channels == 1:
         kwargs["threshold"] = threshold
@@ -108,7 +124,7 @@ def evaluate_tflite(model, images, masks, task=None, threshold=0.5, empty="skip"
             multi-class with generic class names.
     """
     logits = run_tflite(model, images, num_threads=num_threads, xnnpack=xnnpack)
-    task = task or _task_of_output(logits.shape[-1])
+    task = task or _task_of_output(logits.shape[-1], logits.ndim)
     return score_logits(task, masks, logits, threshold=threshold, empty=empty, hd95=hd95)
 
 
@@ -127,7 +143,10 @@ def _mean_std(result, key):
 
 def _metrics_summary(result, task):
     """The report's view of a scored model: mean/std of each metric (mean over foreground
-    classes per image), `per_class` mean/std, and per-image Dice (overall and per class)."""
+    classes per image), `per_class` mean/std, and per-image Dice (overall and per class);
+    classification: the scores as they are (accuracy, balanced accuracy, AUC, per class, matrix)."""
+    if _is_classification(task):
+        return dict(result)
     summary = {k: _mean_std(result, k) for k in METRICS if k in result}
     per_class, per_image = {}, {"dice": result["per_image"]["dice"]}
     for name, key in _class_keys(task).items():
@@ -217,6 +236,18 @@ def _output_contract(out, task):
     k = task.output_channels
     quantized = out["dtype"] in ("int8", "uint8")
     s, z = out.get("scale"), out.get("zero_point")
+    if _is_classification(task):
+        section = {"meaning": wording["output_meaning"], "decoding": wording["decoding"], "activation": wording["activation"],
+                   "classes": wording["classes"], "layout": f"(1, {k}), batch 1; the {k} logits in the order of `classes`"}
+        if quantized:
+            section["to_float"] = f"logit = (q - ({z})) * {s:.9g}, one scale and zero point for all {k} logits"
+            section["class"] = ("class = arg-max of the logits; on this quantized output the arg-max of q itself is the same, "
+                                "because (q - zero point) * scale with one positive scale is increasing (ties go to the lowest class index)")
+        else:
+            section["to_float"] = "the float32 output is the logits"
+            section["class"] = "class = arg-max of the logits"
+        section["probability"] = "softmax over the logits"
+        return section
     section = {
         "meaning": f"{wording['output_meaning']}, at the input resolution",
         "decoding": wording["decoding"],
@@ -257,7 +288,7 @@ def io_contract(path, model_name, kind, config, meta, task=None):
     """
     details = io_details(path)
     inp, out = details["input"], details["output"]
-    task = task or _task_of_output(out["shape"][-1])
+    task = task or _task_of_output(out["shape"][-1], len(out["shape"]))
     _, height, width, channels = inp["shape"]
     color = "RGB" if channels == 3 else "grey (one channel)"
     if inp["dtype"] in ("int8", "uint8"):
@@ -381,8 +412,46 @@ def quality_gate(report, max_dice_drop=0.5, max_class_drop=1.0):
     return bool(mean_ok and not failed), message
 
 
+def classification_gate(report, max_accuracy_drop=1.0, max_auc_drop=0.01):
+    """`(passed, message)` of a classification export: is the int8 file's test accuracy within
+    `max_accuracy_drop` points (accuracy x 100) of the float Keras model's, and its macro AUC
+    within `max_auc_drop` (AUC units, 0..1)? Both: accuracy alone can hold while the ranking
+    (AUC, i.e. any other operating threshold) degrades, and AUC alone hides a shifted arg-max."""
+    float_test = report["keras_float"]["test"]
+    int8 = next(f for f in report["files"] if f["kind"] == "int8")["test"]
+    acc_drop, auc_drop = classification_drops(float_test, int8)
+    if acc_drop is None:
+        return False, "int8 or float test accuracy is undefined (an empty test split?)"
+    acc_ok = acc_drop <= max_accuracy_drop
+    message = (f"int8 test accuracy {100 * int8['accuracy']:.2f} vs float {100 * float_test['accuracy']:.2f}: "
+               f"{'drop' if acc_drop >= 0 else 'gain'} of {abs(acc_drop):.2f} points "
+               f"({'within' if acc_ok else 'more than'} the allowed {max_accuracy_drop:g})")
+    if auc_drop is None:
+        return acc_ok, message + "; AUC undefined (a class absent from the test split), not gated"
+    auc_ok = auc_drop <= max_auc_drop
+    message += (f"; int8 test AUC {int8['auc']:.4f} vs float {float_test['auc']:.4f}: "
+                f"{'drop' if auc_drop >= 0 else 'gain'} of {abs(auc_drop):.4f} "
+                f"({'within' if auc_ok else 'more than'} the allowed {max_auc_drop:g})")
+    return bool(acc_ok and auc_ok), message
+
+
+def classification_drops(float_test, file_test):
+    """`(accuracy drop in points, AUC drop in AUC units)`; positive = the file is worse; None
+    where a value is undefined."""
+    fa, qa = _number(float_test.get("accuracy")), _number(file_test.get("accuracy"))
+    fu, qu = _number(float_test.get("auc")), _number(file_test.get("auc"))
+    return (None if fa is None or qa is None else 100.0 * (fa - qa)), (None if fu is None or qu is None else fu - qu)
+
+
+def _headline(task, test):
+    if _is_classification(task):
+        return f"test accuracy {test['accuracy']:.4f}, AUC {_fmt(test['auc'])}"
+    return f"test Dice {test['dice']['mean']:.4f}"
+
+
 def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1e-5, data=None, num_calibration=200,
-               max_dice_drop=0.5, max_class_drop=1.0, threads=2, verbose=1, log=print, kinds=None):
+               max_dice_drop=0.5, max_class_drop=1.0, threads=2, verbose=1, log=print, kinds=None,
+               max_accuracy_drop=1.0, max_auc_drop=0.01):
     """Convert a trained model to every deployable TFLite file, evaluate them and write a report.
 
     Writes to `output` (default `<run>/tflite`):
@@ -411,6 +480,8 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         num_calibration: training images for int8 calibration.
         max_dice_drop: the quality gate on the mean foreground Dice, in Dice points.
         max_class_drop: the quality gate on each foreground class's Dice, in Dice points.
+        max_accuracy_drop, max_auc_drop: the gate of a classification run (`classification_gate`):
+            accuracy points and macro AUC (0..1) the int8 file may lose; the Dice limits are then unused.
         threads: LiteRT threads for the evaluation.
         verbose: Keras verbosity for the fine-tuning.
         log: callable for progress lines.
@@ -458,7 +529,7 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         entry["convert_seconds"] = round(time.time() - t0, 1)
         files.append(entry)
         log(f"{os.path.basename(path)}: {len(data_bytes) / 1024:.0f} KiB, {entry['op_count']} ops, {entry['float_op_count']} float ops, "
-            f"{entry['xnnpack']['partitions']} XNNPACK partitions, test Dice {entry['test']['dice']['mean']:.4f}")
+            f"{entry['xnnpack']['partitions']} XNNPACK partitions, {_headline(task, entry['test'])}")
 
     if "fp32" in kinds:
         emit("fp32", lambda: convert(model, "fp32"))
@@ -485,8 +556,10 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         "config": {k: _setting(config, k) for k in ("model", "data", "image_size", "channels", "masks_suffix", "mask_threshold", "loss", "batch_size")},
         "splits": sizes,
         "io": io,
-        "evaluation": f"test split ({sizes['test']} images), per-image Dice/IoU/HD95"
-        + (" (mean over the foreground classes present, and per class)" if task.output_channels > 1 else "")
+        "evaluation": (f"test split ({sizes['test']} images), accuracy, balanced accuracy and macro one-vs-rest ROC AUC"
+                       if _is_classification(task) else
+                       f"test split ({sizes['test']} images), per-image Dice/IoU/HD95"
+                       + (" (mean over the foreground classes present, and per class)" if task.output_channels > 1 else ""))
         + f"; .tflite files run with ai-edge-litert, XNNPACK, {threads} threads",
         "keras_float": {"params": int(model.count_params()), "test": float_test},
         "qat": {
@@ -502,6 +575,22 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         "files": sorted(files, key=lambda f: list(FILE_KINDS).index(f["kind"])),
         "seconds": round(time.time() - started, 1),
     }
+    if _is_classification(task):
+        for entry in report["files"]:
+            acc_drop, auc_drop = classification_drops(float_test, entry["test"])
+            entry["accuracy_drop_points"] = None if acc_drop is None else round(acc_drop, 3)
+            entry["auc_drop"] = None if auc_drop is None else round(auc_drop, 5)
+        passed, message = classification_gate(report, max_accuracy_drop, max_auc_drop)
+        int8 = next(f for f in report["files"] if f["kind"] == "int8")
+        report["gate"] = {
+            "max_accuracy_drop_points": max_accuracy_drop,
+            "max_auc_drop": max_auc_drop,
+            "accuracy_drop_points": int8["accuracy_drop_points"],
+            "auc_drop": int8["auc_drop"],
+            "passed": passed,
+            "message": message,
+        }
+        return _write_report(report, output)
     for entry in report["files"]:
         drop, class_drops = dice_drops(float_test, entry["test"])
         entry["dice_drop_points"] = None if drop is None else round(drop, 3)
@@ -516,6 +605,10 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         "passed": passed,
         "message": message,
     }
+    return _write_report(report, output)
+
+
+def _write_report(report, output):
     report["output"] = os.path.abspath(output)
     write_json(os.path.join(output, "report.json"), report)
     with atomic_path(os.path.join(output, "report.md")) as tmp:
@@ -536,9 +629,62 @@ def _mean(test, key):
     return (test.get(key) or {}).get("mean")
 
 
+def _classification_markdown(report):
+    f = report["keras_float"]["test"]
+    q = report["qat"]["keras_test"]
+    names = list(report["class_names"])
+    lines = [
+        f"# TFLite export of `{report['model']}`",
+        "",
+        f"Source: `{report['source'].get('run') or report['source'].get('model_path')}`; data `{report['source'].get('data')}` "
+        f"at {report['config']['image_size']}px, {report['config']['channels']} channel(s); task classification "
+        f"({', '.join(names)}); splits train/val/test {report['splits']['train']}/{report['splits']['val']}/{report['splits']['test']}.",
+        f"Evaluation: {report['evaluation']}.",
+        "",
+        "| model | size | ops | float ops | XNNPACK partitions | test accuracy | balanced accuracy | macro AUC | "
+        "accuracy vs float (points) | AUC vs float |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(label, test, size="-", ops="-", float_ops="-", partitions="-"):
+        acc, auc = classification_drops(f, test) if test is not f else (None, None)
+        return (f"| {label} | {size} | {ops} | {float_ops} | {partitions} | {_fmt(test.get('accuracy'))} | "
+                f"{_fmt(test.get('balanced_accuracy'))} | {_fmt(test.get('auc'))} | "
+                f"{'-' if acc is None else _fmt(0.0 - acc, '+.2f')} | {'-' if auc is None else _fmt(0.0 - auc, '+.4f')} |")
+
+    lines.append(row("Keras float32", f))
+    lines.append(row("Keras QAT (simulated int8)", q))
+    for e in report["files"]:
+        lines.append(row(f"`{e['file']}` ({e['description']})", e["test"], f"{e['size_bytes'] / 1024:.0f} KiB", e["op_count"],
+                         e["float_op_count"], e["xnnpack"]["partitions"]))
+    lines += ["", "Per-class test recall / AUC:", "", "| model | " + " | ".join(f"{n} recall | {n} AUC" for n in names) + " |",
+              "|---|" + "---|---|" * len(names)]
+    for label, test in [("Keras float32", f), ("Keras QAT (simulated int8)", q)] + [(f"`{e['file']}`", e["test"]) for e in report["files"]]:
+        cells = [f"{_fmt((test.get('recall_per_class') or {}).get(n))} | {_fmt((test.get('auc_per_class') or {}).get(n))}" for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    int8 = next(e for e in report["files"] if e["kind"] == "int8")
+    lines += ["", f"Confusion matrix of `{int8['file']}` on the test split (rows true, columns predicted):", "",
+              "| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for n, counts in zip(names, int8["test"]["confusion_matrix"]):
+        lines.append(f"| {n} | " + " | ".join(str(c) for c in counts) + " |")
+    gate = report["gate"]
+    lines += [
+        "",
+        f"Quality gate (max drop {gate['max_accuracy_drop_points']:g} points of accuracy, {gate['max_auc_drop']:g} of macro AUC): "
+        f"**{'PASSED' if gate['passed'] else 'FAILED'}**: {gate['message']}.",
+        f"QAT: {report['qat']['epochs']} epoch(s) at lr {report['qat']['lr']:g}, kept epoch {report['qat']['best_epoch']} "
+        f"of the best {report['qat'].get('monitor', 'val_auc')} (0 = the calibrated model, before fine-tuning).",
+        "",
+    ]
+    return "\n".join(lines + _files_markdown(report))
+
+
 def report_markdown(report):
     """`report.md` of `export_run`: summary table, per-class Dice (K > 1), quality gate, then
-    each file's ops with dtypes."""
+    each file's ops with dtypes (classification: accuracy / AUC, per-class recall and AUC, the
+    int8 file's confusion matrix and its gate)."""
+    if report.get("task") == "classification":
+        return _classification_markdown(report)
     f = report["keras_float"]["test"]
     q = report["qat"]["keras_test"]
     lines = [
@@ -598,6 +744,12 @@ def report_markdown(report):
         lines.append("Layer-norm 1/sqrt(variance) range end, simulated val Dice per candidate (None = max): "
                      + ", ".join(f"{k}: {_fmt(v)}" for k, v in scores.items()) + f"; kept {chosen}.")
     lines.append("")
+    return "\n".join(lines + _files_markdown(report))
+
+
+def _files_markdown(report):
+    """Each file's section: I/O, XNNPACK delegation, float and run-time shape ops, op table."""
+    lines = []
     for e in report["files"]:
         lines += [f"## `{e['file']}`", ""]
         lines.append(f"Input {e['input']['dtype']} {e['input']['shape']} (scale {e['input']['scale']}, zero point {e['input']['zero_point']}); "
@@ -617,4 +769,4 @@ def report_markdown(report):
         for (op, sig), n in sorted(groups.items()):
             lines.append(f"| {op} | {n} | {sig} |")
         lines.append("")
-    return "\n".join(lines)
+    return lines

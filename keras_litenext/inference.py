@@ -34,12 +34,15 @@ def load_run(path):
 
 def task_of(model, config=None):
     """The task of a run's settings, or (a bare `.keras` file) read off the model's outputs:
-    one channel binary, K channels multiclass with generic class names."""
+    one channel binary, K channels multiclass with generic class names, a `(batch, K)` output
+    classification with generic class names."""
     from keras_litenext.tasks import get_task, task_from_config
 
     if config:
         return task_from_config(config)
     channels = int(model.output_shape[-1])
+    if len(model.output_shape) == 2:  # (batch, K): an image classifier
+        return get_task("classification", num_classes=channels)
     return get_task(num_classes=2 if channels == 1 else channels)
 
 

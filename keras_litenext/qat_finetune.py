@@ -15,6 +15,7 @@ from keras_litenext.quantization import (
     calibrate,
     choose_rsqrt_quantile,
     is_qat_model,
+    quant_layers,
     quantize_model,
     tie_ranges,
 )
@@ -154,14 +155,17 @@ def _cardinality(ds):
 def val_score_fn(task, images, masks, batch_size=8):
     """`score(model) -> float`: the mean per-image foreground Dice of `task` on uint8 `images`
     and label `masks` (NaN when no image holds a foreground class), the score
-    `quantization.choose_rsqrt_quantile` ranks candidates by. Runs the model eagerly, as
-    calibration does, so each candidate costs no tracing."""
+    `quantization.choose_rsqrt_quantile` ranks candidates by; for a classification task the
+    macro AUC of the labels `masks`. Runs the model eagerly, as calibration does, so each
+    candidate costs no tracing."""
     x = np.asarray(images).astype(np.float32) / 255.0
 
     def score(model):
         logits = np.concatenate([
             keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)
         ])
+        if getattr(task, "kind", "segmentation") == "classification":
+            return float(task.scores(masks, logits)["auc"])
         dice = np.asarray(task.scores(masks, logits, hd95=False)["dice"], np.float64)
         dice = dice[~np.isnan(dice)]
         return float(dice.mean()) if dice.size else float("nan")
@@ -196,7 +200,7 @@ def finetune_run(model, config, arrays, epochs=3, lr=1e-5, verbose="auto", calib
     has_val = len(val_images) > 0
     qat = quantize_model(model)
     scores = None
-    if has_val:
+    if has_val and any(hasattr(layer, "rsqrt_quantile") for layer in quant_layers(qat)):  # only models with layer norms
         scores = choose_rsqrt_quantile(qat, calibration, val_score_fn(task, val_images, val_masks, config.batch_size),
                                        steps=min(8, calibration_steps), calibrate_best=False)
     qat = qat_finetune(

@@ -9,7 +9,8 @@
 | `splits.json` | the train/val/test stems |
 | `best.keras` | the inference model of the best validation score |
 | `history.csv`, `logs/`, `curves.png` | per-epoch values, TensorBoard logs, their plot |
-| `metrics.json`, `test_overlays.png` | test-split metrics, overlays |
+| `metrics.json`, `test_overlays.png` | test-split metrics, overlays (segmentation) |
+| `metrics.json`, `confusion_matrix.png`, `test_predictions.csv` | test-split scores, confusion matrix, per-image class probabilities (classification) |
 | `backup/` | `BackupAndRestore` state while training |
 | `tflite/` | exported files, their contracts and `report.md` (`tflite/convert.py`) |
 
@@ -37,9 +38,9 @@ class TrainConfig:
     data: str | None = None  # None: the sample bundled with the package
     image_size: int | None = None  # None: 96 for the bundled sample, else 256
     channels: int = 3
-    task: str | None = None  # None: binary for 2 classes, multiclass for more
-    num_classes: int | None = None  # classes including the background; None: classes.json, else 2
-    class_names: list | None = None  # None: classes.json beside the data, else generic names
+    task: str | None = None  # None: classification for a classification-only model, else binary for 2 classes, multiclass for more
+    num_classes: int | None = None  # classes including the background; None: classes.json, else 2 (classification: the class folders)
+    class_names: list | None = None  # None: classes.json beside the data, else generic names (classification: the class folders, sorted)
     palette: dict | str | None = None  # colour masks: a JSON file, stored resolved as {"r,g,b": class}
     masks_suffix: str = ""
     mask_threshold: int = 0
@@ -53,7 +54,8 @@ class TrainConfig:
     loss: str | None = None  # None: the task's default ("mwl")
     mwl_weights: tuple | None = None  # margin, object, background; None: losses.MWL_WEIGHTS
     mwl_kernel: int = 7
-    class_weights: tuple | None = None  # multiclass cross-entropy weights, one per class
+    class_weights: tuple | None = None  # multiclass / classification cross-entropy weights, one per class
+    label_smoothing: float = 0.0  # classification cross-entropy only
     augment: bool = True
     serp: bool = False
     serp_weight: float = 0.1
@@ -91,9 +93,20 @@ class TrainConfig:
 
     def resolve_classes(self):
         """Fill `class_names` / `num_classes` from `classes.json` beside the data, and read a
-        palette file into the config (so the run folder alone says how masks decode)."""
+        palette file into the config (so the run folder alone says how masks decode).
+
+        The task defaults to `classification` when the model serves only that task; its class
+        names are then the class folders of the data (sorted), unless given (a permutation of
+        them). A task the model does not serve is an error naming both."""
         from keras_litenext.tasks import read_classes_json, read_palette
 
+        spec = _model_spec(self.model)
+        if self.task is None and spec is not None and set(spec.tasks) == {"classification"}:
+            self.task = "classification"
+        if spec is not None and self.task is not None and self.task not in spec.tasks:
+            raise ValueError(f"Model {self.model!r} serves the task(s) {', '.join(spec.tasks)}, not {self.task!r}.")
+        if self.task == "classification":
+            return self._resolve_image_classes()
         if isinstance(self.palette, str):
             self.palette = {"{},{},{}".format(*c): i for c, i in read_palette(self.palette).items()}
         if self.class_names is None:
@@ -111,6 +124,37 @@ class TrainConfig:
         task = self.task_spec  # validates the combination
         self.task, self.num_classes, self.class_names = task.name, task.num_classes, list(task.class_names)
         return task
+
+    def _resolve_image_classes(self):
+        from keras_litenext.data_classification import read_class_names
+
+        if self.palette:
+            raise ValueError("--palette maps mask colours to classes; it has no meaning for image classification.")
+        if self.serp:
+            raise ValueError("--serp (a reconstruction of the segmentation encoder) is for segmentation runs, not classification.")
+        if self.data is not None and os.path.isdir(self.data):
+            folders = list(read_class_names(self.data))
+            if self.class_names is None:
+                self.class_names = folders
+            elif sorted(str(n) for n in self.class_names) != sorted(folders):
+                raise ValueError(f"class_names {list(self.class_names)} are not the class folders of {self.data} ({', '.join(folders)}).")
+        if self.class_names is not None:
+            self.class_names = [str(n) for n in self.class_names]
+            if self.num_classes is not None and int(self.num_classes) != len(self.class_names):
+                raise ValueError(f"--num-classes {self.num_classes} but {len(self.class_names)} classes: {', '.join(self.class_names)}.")
+        task = self.task_spec
+        self.num_classes, self.class_names = task.num_classes, list(task.class_names)
+        return task
+
+
+def _model_spec(name):
+    """The registry spec of a model name (`NAME-SIZE` accepted), or None when it is unknown."""
+    from keras_litenext.models import registry
+
+    try:
+        return registry.get_spec(registry.resolve_model_name(name)[0])
+    except ValueError:
+        return None
 
 
 class RunError(ValueError):
@@ -216,14 +260,20 @@ class Run:
         from keras_litenext import data as data_lib
 
         splits = self.splits()
-        if splits is None:
+        if splits is None and self.task.kind == "classification":
+            from keras_litenext.data_classification import split_images
+
+            splits = split_images(stems, masks, fractions=self.config.split, seed=self.config.seed)
+        elif splits is None:
             splits = data_lib.split_stems(stems, fractions=self.config.split, seed=self.config.seed)
         if self.path is not None and not self.exists(SPLITS):
             data_lib.save_splits(self.file(SPLITS), splits, seed=self.config.seed, data=os.path.abspath(self.config.data))
         return {name: data_lib.select(stems, images, masks, splits[name]) for name in ("train", "val", "test")}
 
     def load_data(self, image_size="train", data=None, skip_bad=None):
-        """`(images, masks, stems, report)` of the run's dataset, decoded by its task.
+        """`(images, masks, stems, report)` of the run's dataset, decoded by its task; for a
+        classification run `masks` are the `(N,)` class indices and the stems relative paths
+        (`data_classification.load_image_folder`).
 
         Args:
             image_size: `"train"` (the run's size), None (each image at its own size) or a size.
@@ -236,13 +286,21 @@ class Run:
         folder = data or cfg.data
         if folder is None or not os.path.isdir(folder):
             raise RunError(f"{self.path}: its dataset folder {folder!r} is not here; pass --data <dataset folder>.")
-        pairs = data_lib.find_pairs(folder, masks_suffix=cfg.masks_suffix, skip_bad=cfg.skip_bad if skip_bad is None else skip_bad)
         size = cfg.image_size if image_size == "train" else image_size
+        if self.task.kind == "classification":
+            from keras_litenext.data_classification import load_image_folder
+
+            images, labels, stems, _, report = load_image_folder(
+                folder, size, channels=cfg.channels, class_names=self.task.class_names,
+                skip_bad=cfg.skip_bad if skip_bad is None else skip_bad)
+            return images, labels, stems, report
+        pairs = data_lib.find_pairs(folder, masks_suffix=cfg.masks_suffix, skip_bad=cfg.skip_bad if skip_bad is None else skip_bad)
         return data_lib.load_pairs(pairs, size, channels=cfg.channels, task=self.task,
                                    skip_bad=cfg.skip_bad if skip_bad is None else skip_bad)
 
     def arrays(self, image_size="train", data=None):
-        """`{"train", "val", "test"}` → `(images, masks)` uint8 arrays (lists at native size)."""
+        """`{"train", "val", "test"}` → `(images, masks)` uint8 arrays (lists at native size);
+        classification: `(images, labels)`."""
         images, masks, stems, _ = self.load_data(image_size=image_size, data=data)
         return self.split_arrays(images, masks, stems)
 
@@ -269,8 +327,21 @@ def file_run(model, data, output=None, **settings):
     the data split 80/10/10 with seed 42 as training does by default."""
     shape = model.input_shape
     channels = int(model.output_shape[-1])
+    if len(model.output_shape) == 2:  # (batch, K): an image classifier, classes from the data's folders
+        settings.setdefault("task", "classification")
     config = TrainConfig(data=data, image_size=shape[1], channels=int(shape[-1]), output=output, **settings)
-    if config.num_classes is None and config.class_names is None:
+    if config.task == "classification":
+        config.model = _spec_name(model) or model.name
+    elif config.num_classes is None and config.class_names is None:
         config.num_classes = 2 if channels == 1 else channels
     config.resolve_classes()
     return Run(output, config)
+
+
+def _spec_name(model):
+    from keras_litenext.models import registry
+
+    try:
+        return registry.spec_of(model).name
+    except ValueError:
+        return None

@@ -11,7 +11,11 @@ that an output is "one logit per pixel".
 - `multiclass`: K logits per pixel (background included, class 0), softmax, arg-max decoding;
   masks are class-index maps `0..K-1` (8- or 16-bit PNG/TIFF), or colour masks mapped through a
   palette.
-- `classification` is the slot the image classifiers fill (one label per image).
+- `classification`: one label per image. K logits per image (K = 2 included: one logit per
+  class), softmax, arg-max decoding; the classes are the sub-folders of an image-folder dataset
+  (`keras_litenext.data_classification`), sorted by name. Its `kind` is `"classification"`
+  (the per-pixel tasks' is `"segmentation"`): data loading, splitting, the `tf.data` pipeline
+  and the run's outputs dispatch on it.
 
 `get_task(...)` builds one from a run's settings; `TASKS` maps names to classes, so a new task
 registers itself with `register_task`.
@@ -20,6 +24,8 @@ Example:
 >>> task = get_task("multiclass", class_names=["background", "nucleus", "boundary"])
 >>> task.output_channels, task.activation
 (3, 'softmax')
+>>> get_task("classification", class_names=["normal", "pneumonia"]).monitor
+'val_auc'
 """
 
 import json
@@ -280,6 +286,124 @@ class MulticlassTask(SegmentationTask):
         }
 
 
+@register_task
+class ClassificationTask:
+    """Image classification: K logits per image `(batch, K)`, softmax, the arg-max is the class.
+
+    K = 2 is served the same way (two logits, softmax), not by one sigmoid logit: the output,
+    the loss and the export contract are then the same for every K.
+
+    - Loss: softmax cross-entropy of the logits against the class index
+      (`losses.ClassificationCrossEntropy`, name `"ce"`), with optional class weights and label
+      smoothing.
+    - Metrics while training: `accuracy` and `auc`, the streaming macro one-vs-rest ROC AUC
+      (`metrics.MacroAUC`).
+    - Monitored: `val_auc` (max). AUC rather than accuracy because it is threshold-free and does
+      not reward predicting the majority class (on PneumoniaMNIST, 74 % of the test images are
+      pneumonia: a constant answer has 0.74 accuracy but AUC 0.5), and it moves smoothly where
+      accuracy moves in steps of 1 / (validation images), so `best.keras` is less the luck of
+      one epoch.
+    - Test split (`scores`): accuracy, balanced accuracy, macro AUC (exact, rank-based), per-class
+      AUC / recall / precision, the confusion matrix.
+    """
+
+    name = "classification"
+    kind = "classification"
+    activation = "softmax"
+    monitor = "val_auc"
+    monitor_mode = "max"
+    default_loss = "ce"
+    LOSSES = ("ce",)
+
+    def __init__(self, class_names):
+        self.class_names = tuple(str(n) for n in class_names)
+        if len(self.class_names) < 2:
+            raise ValueError(f"A classification task needs at least 2 classes, got {self.class_names!r}.")
+        if len({_slug(n) for n in self.class_names}) != len(self.class_names):
+            raise ValueError(f"Class names must differ (ignoring case and punctuation): {self.class_names!r}.")
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    @property
+    def output_channels(self):
+        """Logits per image (one per class)."""
+        return self.num_classes
+
+    @property
+    def foreground_names(self):
+        """Every class (there is no background)."""
+        return self.class_names
+
+    def to_dict(self):
+        return {"task": self.name, "class_names": list(self.class_names)}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(class_names={list(self.class_names)!r})"
+
+    # -- training -----------------------------------------------------------------------------
+    def loss(self, name=None, class_weights=None, label_smoothing=0.0, **_segmentation_settings):
+        """Softmax cross-entropy (`"ce"`, the only one; `"cross_entropy"` is accepted too)."""
+        from keras_litenext.losses import ClassificationCrossEntropy
+
+        key = (name or self.default_loss).strip().lower().replace("-", "_")
+        if key not in ("ce", "cross_entropy"):
+            raise ValueError(f"Loss {name!r} is a segmentation loss; the classification task trains with: {', '.join(self.LOSSES)}.")
+        weights = None if class_weights is None else [float(w) for w in class_weights]
+        return ClassificationCrossEntropy(self.num_classes, class_weights=weights, label_smoothing=float(label_smoothing or 0.0))
+
+    def metrics(self):
+        """`accuracy` and `auc` (monitored as `val_auc`)."""
+        from keras_litenext.metrics import classification_metrics
+
+        return classification_metrics(self.num_classes)
+
+    # -- decoding predictions -----------------------------------------------------------------
+    def probabilities(self, logits):
+        """Softmax over the last axis."""
+        z = np.asarray(logits, np.float32)
+        z = z - z.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def labels(self, logits):
+        """`(N,)` int arg-max of logits `(N, K)`."""
+        return np.argmax(np.asarray(logits), axis=-1).astype(np.int64)
+
+    labels_from_probabilities = labels
+
+    def scores(self, labels, logits, from_logits=True, **_ignored):
+        """Test-split scores (`metrics.classification_scores`) of true class indices `(N,)` and
+        logits `(N, K)` (probabilities with `from_logits=False`)."""
+        from keras_litenext.metrics import classification_scores
+
+        logits = np.asarray(logits, np.float32)
+        if logits.ndim != 2 or logits.shape[-1] != self.num_classes:
+            raise ValueError(f"Expected classifier logits of shape (N, {self.num_classes}), got {logits.shape}.")
+        probabilities = self.probabilities(logits) if from_logits else logits
+        return classification_scores(np.asarray(labels).reshape(-1), probabilities, self.class_names)
+
+    def summary_line(self, scores):
+        """One human line of `scores`."""
+        recall = ", ".join(f"{n} {_fmt(v)}" for n, v in scores["recall_per_class"].items())
+        return (f"accuracy {_fmt(scores['accuracy'])}, balanced accuracy {_fmt(scores['balanced_accuracy'])}, "
+                f"AUC {_fmt(scores['auc'])} (recall: {recall})")
+
+    def contract(self):
+        return {
+            "task": self.name,
+            "classes": {str(i): n for i, n in enumerate(self.class_names)},
+            "output_meaning": f"{self.num_classes} logits per image, one per class, shape (1, {self.num_classes})",
+            "decoding": "class = arg-max over the last axis (softmax gives the class probabilities)",
+            "activation": "none (logits); apply softmax over the last axis",
+        }
+
+
+def _fmt(value):
+    return "-" if value is None or value != value else f"{value:.4f}"
+
+
 def read_classes_json(data_dir):
     """Class names from `<data_dir>/classes.json` (`{"0": "background", "1": ...}`), or None.
 
@@ -328,8 +452,10 @@ def get_task(name=None, num_classes=None, class_names=None, palette=None, mask_t
     """The task of a run, from its settings.
 
     Args:
-        name: `"binary"`, `"multiclass"` or None (binary for 2 classes, multiclass for more).
-        num_classes: classes including the background; None: from `class_names`, else 2.
+        name: `"binary"`, `"multiclass"`, `"classification"` or None (binary for 2 classes,
+            multiclass for more).
+        num_classes: classes including the background (classification: the image classes);
+            None: from `class_names`, else 2.
         class_names: K names, class 0 first; None: `background, class1, ...`
             (`background, foreground` for binary).
         palette: `{(r, g, b): class}` for colour masks (multiclass).
@@ -341,6 +467,12 @@ def get_task(name=None, num_classes=None, class_names=None, palette=None, mask_t
     if class_names is not None and num_classes is not None and len(class_names) != int(num_classes):
         raise ValueError(f"{len(class_names)} class names ({', '.join(class_names)}) but num_classes={num_classes}.")
     k = int(num_classes) if num_classes is not None else (len(class_names) if class_names is not None else 2)
+    if name == "classification":
+        if palette:
+            raise ValueError("A palette maps mask colours to classes: it has no meaning for image classification.")
+        if k < 2:
+            raise ValueError(f"Image classification needs at least 2 classes, got {k}.")
+        return ClassificationTask(class_names if class_names is not None else [f"class{i}" for i in range(k)])
     if k < 2:
         raise ValueError(f"num_classes counts the background too: it must be >= 2, got {k}.")
     if name is None:

@@ -11,6 +11,12 @@ A run folder holds everything a run produces, each file written atomically:
 - `metrics.json`: test-split Dice/IoU/precision/recall (per-image mean and std) of `best.keras`;
 - `test_overlays.png`: test images with predicted (red) and true (green) outlines.
 
+A classification run (`tasks.ClassificationTask`, an image-folder dataset) has the same loop,
+resume, NaN guard, TensorBoard and curves; its best model is the best `val_auc`, and it writes
+instead `metrics.json` (accuracy, balanced accuracy, macro AUC, per-class recall and AUC, the
+confusion matrix, class names), `confusion_matrix.png` and `test_predictions.csv` (class
+probabilities of every test image).
+
 `training/fit.py` is the command-line face of `TrainConfig` and `train`.
 """
 
@@ -78,17 +84,27 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
 
 def _resolve(config):
+    """Defaults of a new run; returns its task (class names resolved)."""
+    from keras_litenext.models.registry import resolve_model_name
+
+    config.model, size_kwargs = resolve_model_name(config.model)  # "mednext-cls-s" -> "mednext_cls", size "s"
+    config.model_kwargs = {**size_kwargs, **(config.model_kwargs or {})}
     if config.data is None:
         config.data = data_lib.sample_data_dir()
         config.image_size = config.image_size or SAMPLE_IMAGE_SIZE
         config.epochs = config.epochs or SAMPLE_EPOCHS
     config.data = os.path.abspath(config.data)  # the run folder must work from any directory
+    task = config.resolve_classes()
+    if not config.image_size and task.kind == "classification":
+        from keras_litenext.data_classification import default_image_size, probe_size
+
+        config.image_size = default_image_size(max(probe_size(config.data)), get_spec(config.model).size_multiple)
     config.image_size = config.image_size or 256
     config.epochs = config.epochs or DEFAULT_EPOCHS
     if config.output is None:
         tag = os.path.basename(os.path.normpath(config.data))
         config.output = os.path.join("runs", f"{config.model}-{tag}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    return config
+    return task
 
 
 def _prepare_run_folder(config):
@@ -101,8 +117,7 @@ def _prepare_run_folder(config):
         if config.epochs:  # the one setting a resumed run may change
             run.config.epochs = config.epochs
         return run
-    config = _resolve(config)
-    task = config.resolve_classes()
+    task = _resolve(config)
     config.loss = config.loss or task.default_loss
     if config.loss == "mwl" and config.mwl_weights is None:
         config.mwl_weights = MWL_WEIGHTS
@@ -141,8 +156,20 @@ def _serp_views(augment):
 
 
 def build_datasets(config, arrays):
-    """`(train, val)` tf.data pipelines for `fit`; SeRP runs get `((view1, view2), mask)`."""
-    binary = config.task_spec.output_channels == 1
+    """`(train, val)` tf.data pipelines for `fit`; SeRP runs get `((view1, view2), mask)`;
+    classification runs `(image, label)` with flips and small rotations of the image only."""
+    task = config.task_spec
+    if task.kind == "classification":
+        from keras_litenext import data_classification as cls_data
+
+        train_images, train_labels = arrays["train"]
+        augment = cls_data.classification_augmenter(seed=config.seed) if config.augment else None
+        train = cls_data.make_classification_dataset(
+            train_images, train_labels, config.batch_size, augment=augment, shuffle=True, seed=config.seed,
+            drop_remainder=len(train_images) >= config.batch_size,
+        )
+        return train, cls_data.make_classification_dataset(*arrays["val"], config.batch_size)
+    binary = task.output_channels == 1
     train_images, train_masks = arrays["train"]
     augment = data_lib.augmenter(seed=config.seed) if config.augment else None
     if config.serp:
@@ -182,7 +209,12 @@ def train(config, strategy=None):
     arrays = run.split_arrays(images, masks, stems)
     sizes = {k: len(v[0]) for k, v in arrays.items()}
     classes = f"; {task.name}: {', '.join(task.class_names)}" if task.output_channels > 1 else ""
-    print(f"Data: {config.data}: {len(stems)} pairs at {config.image_size}x{config.image_size}{classes} "
+    if task.kind == "classification":
+        classes = "; classification: " + ", ".join(f"{n} {c}" for n, c in report["per_class"].items())
+        classes += f"; {'split folders ' + '/'.join(report['splits']) if report['splits'] else 'stratified split'}"
+        classes += f"; {report['ignored']} non-image files ignored" if report.get("ignored") else ""
+    what = "images" if task.kind == "classification" else "pairs"
+    print(f"Data: {config.data}: {len(stems)} {what} at {config.image_size}x{config.image_size}{classes} "
           f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}"
           + (f"; skipped {len(report['skipped'])}" if report.get("skipped") else "") + ")")
     train_ds, val_ds = build_datasets(config, arrays)
@@ -251,8 +283,11 @@ def train(config, strategy=None):
 
 def task_loss(config):
     """The loss of a run's settings, through its task (one place wires the MWL arguments)."""
-    return config.task_spec.loss(config.loss, mwl_weights=config.mwl_weights, mwl_kernel=config.mwl_kernel,
-                                 class_weights=config.class_weights)
+    task = config.task_spec
+    if task.kind == "classification":
+        return task.loss(config.loss, class_weights=config.class_weights, label_smoothing=config.label_smoothing)
+    return task.loss(config.loss, mwl_weights=config.mwl_weights, mwl_kernel=config.mwl_kernel,
+                     class_weights=config.class_weights)
 
 
 def _best_so_far(history_csv, monitor="val_dice"):
@@ -266,9 +301,12 @@ def _best_so_far(history_csv, monitor="val_dice"):
 
 
 def finish_run(config, model, arrays, train_seconds=None):
-    """Evaluate `model` on the test split; write `metrics.json`, `curves.png`, `test_overlays.png`."""
+    """Evaluate `model` on the test split; write `metrics.json`, `curves.png`, `test_overlays.png`
+    (classification: `metrics.json`, `curves.png`, `confusion_matrix.png`, `test_predictions.csv`)."""
     run = Run(config.output, config)
     task = run.task
+    if task.kind == "classification":
+        return _finish_classification(run, model, arrays, train_seconds)
     test_images, test_masks = arrays["test"]
     logits = np.asarray(model.predict(test_images.astype("float32") / 255.0, batch_size=config.batch_size, verbose=0))
     scores = task.scores(test_masks, logits)
@@ -293,4 +331,36 @@ def finish_run(config, model, arrays, train_seconds=None):
         tiles = [overlay_labels(test_images[i], labels[i], task.num_classes, test_masks[i][..., 0]) for i in range(n)]
         save_grid(run.file("test_overlays.png"), tiles, legend=task.class_names if task.num_classes > 2 else None)
     print(f"Test {task.summary_line(results)} ({results['counted']} of {results['images']} test images) -> {config.output}")
+    return summary
+
+
+def _finish_classification(run, model, arrays, train_seconds):
+    from keras_litenext.data_classification import write_predictions_csv
+    from keras_litenext.visualize import plot_confusion_matrix
+
+    config, task = run.config, run.task
+    test_images, test_labels = arrays["test"]
+    logits = np.asarray(model.predict(test_images.astype("float32") / 255.0, batch_size=config.batch_size, verbose=0))
+    scores = task.scores(test_labels, logits)
+    summary = {
+        "model": config.model,
+        "params": int(model.count_params()),
+        "data": os.path.abspath(config.data),
+        "image_size": config.image_size,
+        "task": task.name,
+        "class_names": list(task.class_names),
+        "split": "test",
+        "train_seconds": None if train_seconds is None else round(train_seconds, 1),
+        **scores,
+    }
+    run.write_json(METRICS, summary)
+    if run.exists(HISTORY):
+        plot_history(run.file(HISTORY), run.file("curves.png"))
+    plot_confusion_matrix(scores["confusion_matrix"], task.class_names, run.file("confusion_matrix.png"),
+                          title=f"test split ({scores['images']} images), accuracy {scores['accuracy']:.3f}")
+    stems = (run.splits() or {}).get("test")
+    if stems is None or len(stems) != len(test_labels):
+        stems = [str(i) for i in range(len(test_labels))]
+    write_predictions_csv(run.file("test_predictions.csv"), stems, task.probabilities(logits), task.class_names, true_labels=test_labels)
+    print(f"Test {task.summary_line(scores)} ({scores['images']} test images) -> {config.output}")
     return summary

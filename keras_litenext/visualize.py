@@ -1,4 +1,4 @@
-"""Pictures of a run: training curves and prediction overlays (PNG, written atomically)."""
+"""Pictures of a run: training curves, prediction overlays and confusion matrices (PNG, written atomically)."""
 
 import csv
 import math
@@ -148,4 +148,36 @@ def plot_history(csv_path, png_path):
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(matrix, class_names, png_path, title=None):
+    """Plot a confusion matrix (rows true, columns predicted) as a PNG: counts in each cell,
+    the cell shaded by the row's fraction (the recall of the true class on the diagonal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(matrix, np.int64)
+    k = len(class_names)
+    rows = cm.sum(axis=1, keepdims=True)
+    fractions = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
+    side = max(3.5, 0.9 * k + 2)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(k), [str(n) for n in class_names], rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
+    ax.set_yticks(range(k), [str(n) for n in class_names])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{cm[i, j]}\n{fractions[i, j]:.0%}", ha="center", va="center", fontsize=9,
+                    color="white" if fractions[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)

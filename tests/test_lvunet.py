@@ -197,3 +197,36 @@ def test_imagenet_trunk_maps_from_keras_mobilenet_v3(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no_such_file.h5"):
         LVUNet(backbone_weights=tmp_path / "no_such_file.h5")
+
+
+def test_fit_saves_the_deploy_form_scored_as_validated(tmp_path):
+    """`fit --model lvunet` adds the schedule itself and writes the deploy form as best.keras;
+    validation ran at slope 1, so the deploy model reproduces the best epoch's val Dice."""
+    import csv
+
+    import cv2
+
+    from keras_litenext.runs import Run
+    from keras_litenext.training import TrainConfig, build_datasets, train
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    for i in range(12):
+        mask = np.zeros((64, 64), np.uint8)
+        cv2.circle(mask, tuple(int(c) for c in rng.integers(16, 48, 2)), int(rng.integers(6, 14)), 255, -1)
+        image = rng.normal(40, 10, (64, 64, 3)) + (mask[..., None] > 0) * 150
+        cv2.imwrite(str(tmp_path / "data" / "images" / f"{i}.png"), np.clip(image, 0, 255).astype(np.uint8))
+        cv2.imwrite(str(tmp_path / "data" / "masks" / f"{i}.png"), mask)
+    config = TrainConfig(data=str(tmp_path / "data"), output=str(tmp_path / "run"), model="lvunet", image_size=128,
+                         epochs=2, batch_size=4, verbose=0, mwl_kernel=3, split=(0.5, 0.25, 0.25))
+    train(config)
+    best = keras.saving.load_model(tmp_path / "run" / "best.keras")
+    assert not fusible_layers(best) and count(best.trainable_weights) == 513_585
+    with open(tmp_path / "run" / "history.csv", newline="") as f:
+        best_val = max(float(row["val_dice"]) for row in csv.DictReader(f))
+    run = Run.open(str(tmp_path / "run"))
+    _, val_ds = build_datasets(run.config, run.split_arrays(*run.load_data()[:3]))
+    best.compile(loss=None, metrics=run.task.metrics())
+    scores = best.evaluate(val_ds, return_dict=True, verbose=0)
+    assert abs(scores["dice"] - best_val) < 1e-4, (scores["dice"], best_val)

@@ -1,6 +1,7 @@
 """The contract every registered model family keeps; a new family is checked by registering it.
 
-For each `list_models()` entry: it builds at its default and at a small size, is one flat
+For each `list_models()` entry: it builds at its default and at a small size (with the spec's
+`contract_kwargs`, a narrow configuration of a large family), is one flat
 functional graph of standard or registered layers, survives a `.keras` round trip bit for bit,
 runs under the JAX backend, rejects a size that breaks its `size_multiple` with a message that
 names the multiple, has the feature layers its spec names, has a PyTorch name for every
@@ -37,7 +38,7 @@ def case(request, tmp_path_factory):
     """`(spec, model at the small size, images, outputs, saved .keras path)` of one family."""
     spec = kl.get_spec(request.param)
     keras.utils.set_random_seed(0)
-    model = kl.create_model(spec.name, input_shape=small_shape(spec))
+    model = kl.create_model(spec.name, input_shape=small_shape(spec), **spec.contract_kwargs)
     images = np.random.default_rng(0).random((4, *small_shape(spec)), dtype=np.float32)
     outputs = keras.ops.convert_to_numpy(model(images, training=False))
     path = tmp_path_factory.mktemp(spec.name) / f"{spec.name}.keras"
@@ -93,7 +94,7 @@ def test_runs_under_jax(case, tmp_path):
         images = np.load({str(tmp_path / "images.npy")!r})
         loaded = keras.saving.load_model({str(path)!r})
         out = np.asarray(loaded(images, training=False))
-        fresh = kl.create_model({spec.name!r}, input_shape={small_shape(spec)!r})
+        fresh = kl.create_model({spec.name!r}, input_shape={small_shape(spec)!r}, **kl.get_spec({spec.name!r}).contract_kwargs)
         assert np.isfinite(np.asarray(fresh(images, training=False))).all()
         np.save({str(tmp_path / "jax.npy")!r}, out)
         """
@@ -110,7 +111,7 @@ def test_size_that_breaks_the_multiple_names_it(case):
         pytest.skip("any size is valid")
     side, _, channels = small_shape(spec)
     with pytest.raises(ValueError, match=rf"\b{spec.size_multiple}\b"):
-        kl.create_model(spec.name, input_shape=(side + 1, side, channels))
+        kl.create_model(spec.name, input_shape=(side + 1, side, channels), **spec.contract_kwargs)
 
 
 def test_feature_layers_exist_shallow_to_deep(case):

@@ -22,10 +22,15 @@ and splits (calibration and QAT use the train split, the rsqrt range and the kep
 val split, evaluation the test split). A .keras file needs --data and is split 80/10/10 (seed
 42); its task is read off its output channels (class names from classes.json beside the data).
 
+A classification run (an image classifier trained on class folders) is scored by test accuracy,
+balanced accuracy and macro AUC instead, and its contract says: output (1, K) logits, softmax,
+arg-max.
+
 Exit status: 0 when the int8 file's test Dice (mean over the foreground classes) is within
---max-dice-drop points of the float model's and every class's within --max-class-drop; 3 when
-not (the files and the report are written all the same; --force returns 0); 1 for bad input
-(one line on stderr).
+--max-dice-drop points of the float model's and every class's within --max-class-drop
+(classification: its test accuracy within --max-accuracy-drop points and its macro AUC within
+--max-auc-drop); 3 when not (the files and the report are written all the same; --force
+returns 0); 1 for bad input (one line on stderr).
 """
 
 import os
@@ -52,6 +57,10 @@ def main(argv=None):
                    help="quality gate: largest allowed drop of the int8 file's mean foreground Dice, in points (default 0.5)")
     p.add_argument("--max-class-drop", type=float, default=1.0,
                    help="quality gate: largest allowed int8 Dice drop of any one foreground class, in points (default 1.0)")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                   help="classification gate: largest allowed drop of the int8 file's test accuracy, in points (default 1.0)")
+    p.add_argument("--max-auc-drop", type=float, default=0.01,
+                   help="classification gate: largest allowed drop of the int8 file's macro AUC, in AUC units (default 0.01)")
     p.add_argument("--kinds", default="int8,int8_ptq,fp16,fp32",
                    help="comma-separated files to write (default all: int8,int8_ptq,fp16,fp32; int8 is required)")
     p.add_argument("--force", action="store_true", help="exit 0 even when the quality gate fails")
@@ -69,6 +78,7 @@ def main(argv=None):
             args.source, output=args.output, name=args.name, io=args.io, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
             data=args.data, num_calibration=args.calibration_images, max_dice_drop=args.max_dice_drop,
             max_class_drop=args.max_class_drop, threads=args.threads, verbose=args.verbose,
+            max_accuracy_drop=args.max_accuracy_drop, max_auc_drop=args.max_auc_drop,
             kinds=[k for k in args.kinds.split(",") if k.strip()],
         )
     except (ExportError, ConversionError, data_lib.DatasetError, FileNotFoundError, ValueError) as err:

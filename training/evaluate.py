@@ -1,4 +1,5 @@
-"""Metrics of a trained model on a dataset split: per-image Dice, IoU, precision and recall.
+"""Metrics of a trained model on a dataset split: per-image Dice, IoU, precision and recall
+(classification runs: accuracy, balanced accuracy, macro AUC, per-class recall, confusion matrix).
 
     python training/evaluate.py runs/litenext-dsb2018_96-20261122-101500            # its test split
     python training/evaluate.py runs/my-run --split val
@@ -53,6 +54,8 @@ def main(argv=None):
             cfg.splits = args.splits
         task = run.task
         split = args.split or ("all" if run.path is None else "test")
+        if task.kind == "classification":
+            return _classification(args, run, model, task, split)
         images, masks, stems, _ = run.load_data(image_size=None if args.mode else "train", skip_bad=args.skip_bad or None)
         if split != "all":
             splits = run.splits()
@@ -80,6 +83,40 @@ def main(argv=None):
         if key:
             print(f"{'Dice ' + cls:>9}: {results[key]['mean']:.4f} ± {results[key]['std']:.4f}")
     print(f"{results['counted']} of {results['images']} images counted (empty ground truth left out)")
+    if args.json:
+        write_json(args.json, results)
+    return 0
+
+
+def _classification(args, run, model, task, split):
+    """Scores of a classification run (or classifier .keras file) on one split."""
+    import numpy as np
+
+    if args.mode:
+        raise ValueError("--mode is for segmentation; a classifier sees every image at its training size.")
+    images, labels, stems, _ = run.load_data(skip_bad=args.skip_bad or None)
+    if split != "all":
+        splits = run.splits()
+        if splits is None:
+            from keras_litenext.data_classification import split_images
+
+            splits = split_images(stems, labels, fractions=run.config.split, seed=run.config.seed)
+        index = {s: i for i, s in enumerate(stems)}
+        missing = [s for s in splits[split] if s not in index]
+        if missing:
+            raise data_lib.DatasetError(f"{len(missing)} files of the {split} split are not in {run.config.data}: {', '.join(missing[:5])}")
+        keep = np.asarray([index[s] for s in splits[split]], np.int64)
+        images, labels = images[keep], labels[keep]
+    logits = np.asarray(model.predict(images.astype("float32") / 255.0, batch_size=32, verbose=0))
+    results = {"model": args.model, "data": os.path.abspath(run.config.data), "split": split, "task": task.name,
+               "class_names": list(task.class_names), **task.scores(labels, logits)}
+    print(f"{'accuracy':>18}: {results['accuracy']:.4f}")
+    print(f"{'balanced accuracy':>18}: {results['balanced_accuracy']:.4f}")
+    print(f"{'macro AUC':>18}: {results['auc']:.4f}")
+    for name, value in results["recall_per_class"].items():
+        print(f"{'recall ' + name:>18}: {'-' if value is None else f'{value:.4f}'}")
+    print(f"confusion matrix (rows true, columns predicted; {', '.join(task.class_names)}): {results['confusion_matrix']}")
+    print(f"{results['images']} images")
     if args.json:
         write_json(args.json, results)
     return 0

@@ -1,7 +1,14 @@
-"""Segment a folder of images (any size) with a trained model: masks and overlays.
+"""Segment a folder of images (any size) with a trained model: masks and overlays; or
+classify them (a classification run): a CSV of class probabilities.
 
     python training/predict.py runs/my-run path/to/images --output predictions/
     python training/predict.py model.keras photo.png --mode tile
+    python training/predict.py runs/my-classifier path/to/images --output out/   # out/predictions.csv
+
+Classification: every image under the folder (sub-folders included) is resized to the
+training size as in training, and OUT/predictions.csv gets one row per file: `file` (path
+relative to the folder), `predicted` (the arg-max class) and one column per class name holding
+its softmax probability.
 
 For each image writes <stem>_mask.png (the input's size: 0/255 for a binary model, the class
 index 0..K-1 for a multi-class one) and <stem>_overlay.png (the prediction tinted and outlined,
@@ -38,6 +45,10 @@ def main(argv=None):
             raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}.")
         model, run = open_source(args.model)
         task = task_of(model, None if run is None else run.config)
+        if task.kind == "classification":
+            count = classify(model, task, args.images, args.output)
+            print(f"{count} image(s) -> {os.path.join(args.output, 'predictions.csv')}")
+            return 0
         if os.path.isdir(args.images):
             paths = sorted(os.path.join(args.images, f) for f in os.listdir(args.images) if f.lower().endswith(data_lib.IMAGE_EXTENSIONS))
             if not paths:
@@ -69,6 +80,38 @@ def main(argv=None):
         return 1
     print(f"{len(paths)} image(s) -> {args.output}")
     return 0
+
+
+def classify(model, task, images, output, batch_size=32):
+    """Write `output/predictions.csv` for an image or every image under a folder; returns the count."""
+    from keras_litenext.data_classification import write_predictions_csv
+
+    if os.path.isdir(images):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(images):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files += [os.path.relpath(os.path.join(dirpath, f), images).replace(os.sep, "/") for f in sorted(filenames)
+                      if not f.startswith(".") and f.lower().endswith(data_lib.IMAGE_EXTENSIONS)]
+        if not files:
+            raise data_lib.DatasetError(f"{images} holds no {'/'.join(data_lib.IMAGE_EXTENSIONS)} images.")
+        root = images
+    else:
+        root, files = os.path.dirname(images), [os.path.basename(images)]
+    h, w, channels = model.input_shape[1:4]
+    arrays, problems = [], []
+    for name in files:
+        try:
+            image = data_lib.read_image(os.path.join(root, name), channels=channels)
+            arrays.append(data_lib._resize_image(image, h, w))
+        except data_lib.DatasetError as err:
+            problems.append(str(err))
+    if problems:
+        raise data_lib.DatasetError(f"{len(problems)} of {len(files)} images cannot be read:\n" + "\n".join(problems))
+    x = np.stack(arrays).astype(np.float32) / 255.0
+    logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    os.makedirs(output, exist_ok=True)
+    write_predictions_csv(os.path.join(output, "predictions.csv"), files, task.probabilities(logits), task.class_names)
+    return len(files)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ Shared here:
 - `ConvNormAct`: convolution, norm, activation (LiteNeXt's CLG unit by default);
 - `torch_init`: PyTorch's initialisation of convolutions and dense layers;
 - `check_input_shape`: the input-shape rule every builder checks first;
-- `AxialDepthwiseConv`: U-Lite's axial depthwise convolution, `x + DW_(k x 1)(x) + DW_(1 x k)(x)`.
+- `AxialDepthwiseConv`: U-Lite's axial depthwise convolution, `x + DW_(k x 1)(x) + DW_(1 x k)(x)`;
+- `LayerScale` (per-channel learned multiplier, int8 as a depthwise 1x1 convolution) and
+  `StochasticDepth` (per-sample drop-path in training, identity at inference).
 
 Blocks of one family live in its folder (`keras_litenext.models.litenext.litenext_layers`);
 `LGEMixerBlock`, `DownsampleBlock`, `ResidualBottleneck`, `MultiScaleAttentionFusion` and
@@ -25,6 +27,8 @@ from keras_litenext.layers.axial import AxialDepthwiseConv
 from keras_litenext.layers.channel_layer_norm import ChannelLayerNorm, DeployChannelLayerNorm, QuantChannelLayerNorm
 from keras_litenext.layers.conv_norm_act import ConvNormAct, conv_fan_in, torch_init
 from keras_litenext.layers.input_shape import check_input_shape
+from keras_litenext.layers.layer_scale import LayerScale, QuantLayerScale
+from keras_litenext.layers.stochastic_depth import StochasticDepth
 
 PACKAGE = "keras_litenext"
 
@@ -34,7 +38,10 @@ __all__ = [
     "ChannelLayerNorm",
     "ConvNormAct",
     "DeployChannelLayerNorm",
+    "LayerScale",
     "QuantChannelLayerNorm",
+    "QuantLayerScale",
+    "StochasticDepth",
     "check_input_shape",
     "conv_fan_in",
     "torch_init",

@@ -16,11 +16,14 @@ from keras_litenext.models.registry import (
 )
 from keras_litenext.models.litenext import LiteNeXt  # registers "litenext"
 from keras_litenext.models.lvunet import LVUNet, model_to_deploy, reparameterize  # registers "lvunet"
+from keras_litenext.models.mednext import MedNeXtClassifier, MedNeXtSeg  # registers "mednext_cls", "mednext_seg"
 from keras_litenext.models.ulite import ULite  # registers "ulite"
 
 __all__ = [
     "LVUNet",
     "LiteNeXt",
+    "MedNeXtClassifier",
+    "MedNeXtSeg",
     "ModelSpec",
     "ULite",
     "create_model",

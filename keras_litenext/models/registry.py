@@ -49,6 +49,9 @@ class ModelSpec:
             conversion use it.
         training_callbacks: function `(epochs) -> [keras.callbacks.Callback, ...]` of callbacks
             the family needs while training (for example a schedule), or None.
+        contract_kwargs: builder arguments of the small model the contract test checks (a
+            narrow, shallow configuration of a large family, which keeps every module type);
+            empty by default.
     """
 
     name: str
@@ -62,6 +65,7 @@ class ModelSpec:
     reference: str = ""
     deploy: Optional[Callable[[keras.Model], keras.Model]] = None
     training_callbacks: Optional[Callable[[int], list]] = None
+    contract_kwargs: dict = dataclasses.field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if not self.name or self.name != self.name.lower():
@@ -127,6 +131,41 @@ def get_spec(name):
         return _SPECS[str(name).lower()]
     except KeyError:
         raise ValueError(f"Unknown model {name!r}; available: {', '.join(list_models())}.") from None
+
+
+def _takes_size(builder):
+    import inspect
+
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return False
+    return "size" in params
+
+
+def resolve_model_name(name):
+    """`(registry name, model_kwargs)` of a model name as a user types it.
+
+    Accepted: a registry name (`"litenext"`, any case, `-` for `_`: `"mednext-cls"`), or a
+    family whose builder takes a `size` argument followed by `-SIZE` or `_SIZE`
+    (`"mednext-cls-s"` or `"mednext_cls_s"` -> `("mednext_cls", {"size": "s"})`). The size
+    value itself is checked by the builder.
+
+    Raises:
+        ValueError: no such model; the message lists the registered ones and the `NAME-SIZE` form.
+    """
+    text = str(name).strip().lower()
+    for candidate in (text, text.replace("-", "_")):
+        if candidate in _SPECS:
+            return candidate, {}
+    for sep in ("-", "_"):
+        base, found, size = text.rpartition(sep)
+        base = base.replace("-", "_")
+        if found and size and base in _SPECS and _takes_size(_SPECS[base].builder):
+            return base, {"size": size}
+    sized = [n for n in list_models() if _takes_size(_SPECS[n].builder)]
+    hint = f" ({', '.join(sized)} also take NAME-SIZE, e.g. {sized[0].replace('_', '-')}-s)" if sized else ""
+    raise ValueError(f"Unknown model {name!r}; available: {', '.join(list_models())}{hint}.")
 
 
 def create_model(name, **kwargs):

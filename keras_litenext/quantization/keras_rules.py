@@ -1,12 +1,13 @@
 """QAT forms and quantization rules of stock Keras layers and of `keras.ops` graph nodes.
 
-Weighted layers (`Conv2D`, `DepthwiseConv2D`, `Dense`) become `QuantConv2D`,
-`QuantDepthwiseConv2D` and `QuantDense`, which keep the float kernel and fake-quantize it in
-`call`, per output channel, symmetric, on [-127, 127] (the TFLite int8 weight spec). The other
-layers are copied, and their rule says how their output is quantized:
+Weighted layers (`Conv2D`, `DepthwiseConv2D`, `Conv2DTranspose`, `Dense`) become `QuantConv2D`,
+`QuantDepthwiseConv2D`, `QuantConv2DTranspose` and `QuantDense`, which keep the float kernel and
+fake-quantize it in `call`, per output channel, symmetric, on [-127, 127] (the TFLite int8
+weight spec). The other layers are copied, and their rule says how their output is quantized:
 
 - own int8 scale (`OWN`): conv/dense outputs, activations, adds, products, concatenations
-  (inputs tied to the output, as int8 CONCATENATION requires), global average pools;
+  (inputs tied to the output, as int8 CONCATENATION requires), global average pools, batched
+  dot products (`Dot`, int8 BATCH_MATMUL);
 - a `BatchNormalization` that `fold_batch_norms` could not fold (after an add or a
   concatenation) becomes `QuantBatchNormalization`, a per-channel depthwise 1x1 convolution;
 - the input's scale and values (`KEEP`): max-pooling, reshapes, padding, `RepeatVector`, dropout;
@@ -43,6 +44,7 @@ from keras_litenext.quantization.rules import (
     SAME,
     QuantRule,
     display_name,
+    float_config,
     register_quant_rule,
     unsupported_error,
 )
@@ -137,6 +139,23 @@ class QuantDense(_QuantKernelMixin, layers.Dense):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantConv2DTranspose(_QuantKernelMixin, layers.Conv2DTranspose):
+    """`Conv2DTranspose` whose kernel `(kh, kw, out, in)` is put on the int8 grid per output
+    channel (TFLite TRANSPOSE_CONV, per channel). As for `QuantDense`, the kernel is rounded with
+    a straight-through gradient and no FakeQuant op: TFLite stores it transposed (`(out, kh, kw,
+    in)`), which the converter refuses to do to a per-channel FakeQuant; it quantizes the
+    rounded kernel itself with the same scales."""
+
+    def call(self, inputs, training=None):
+        kernel = self.kernel if self.quant_mode != "quantize" else quantize_weights(self.kernel, -2, fake_quant_op=False)
+        outputs = ops.conv_transpose(
+            inputs, kernel, strides=list(self.strides), padding=self.padding, output_padding=self.output_padding,
+            dilation_rate=self.dilation_rate, data_format=self.data_format,
+        )
+        return self._finish(outputs, training)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class ConcatRepeatVector(layers.RepeatVector):
     """`RepeatVector` as a CONCATENATION of copies (XNNPACK runs it; it does not run TILE)."""
 
@@ -185,6 +204,49 @@ class QuantBatchNormalization(QuantLayerMixin, layers.BatchNormalization):
         return ops.cast(outputs, inputs.dtype)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class QuantAdd(QuantLayerMixin, layers.Add):
+    """An `Add` of three or more tensors with every partial sum quantized, as TFLite computes it.
+
+    `Add()([a, b, c])` lowers to two int8 ADDs, `(a + b) + c`, and the converter gives the
+    intermediate `a + b` a scale of its own (calibrated on the representative data): the second
+    ADD reads it rounded onto that grid. Summing in float and quantizing once (the output's
+    `FakeQuant`) skips that rounding, and a BatchNormalization after the sum (U-Lite's axial
+    blocks) multiplies the difference by its scale, up to tens of output steps. Here partial sum
+    `i` is quantized by range `partial{i}`; the last sum is quantized by the output's `FakeQuant`.
+
+    Args:
+        decay: moving-average decay of the partial-sum ranges in training. Defaults to 0.99.
+        **kwargs: `keras.layers.Add` arguments.
+    """
+
+    def __init__(self, *args, decay=0.99, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_quant(decay)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._partials = [self._add_range(f"partial{i}") for i in range(1, len(input_shape) - 1)]
+
+    def call(self, inputs, training=None):
+        output = inputs[0]
+        for i in range(1, len(inputs)):
+            output = ops.add(output, inputs[i])
+            if i < len(inputs) - 1:
+                output = self._partials[i - 1](output, training=bool(training))
+        return output
+
+
+class _AddRule(QuantRule):
+    """An `Add` of two tensors is copied (one ADD, its output quantized); of three or more it
+    becomes `QuantAdd`, which quantizes each partial sum as the chain of int8 ADDs does."""
+
+    def quantize(self, layer, decay):
+        if len(layer._inbound_nodes[0].input_tensors) > 2:
+            return super().quantize(layer, decay)
+        return layer.__class__.from_config(float_config(layer))
+
+
 class _BatchNormalizationRule(QuantRule):
     """A BatchNormalization left after folding becomes `QuantBatchNormalization` (4-D,
     channels-last inputs only)."""
@@ -206,11 +268,13 @@ class _BatchNormalizationRule(QuantRule):
 register_quant_rule(layers.Conv2D, _KernelRule(qat_class=QuantConv2D))
 register_quant_rule(layers.DepthwiseConv2D, _KernelRule(qat_class=QuantDepthwiseConv2D))
 register_quant_rule(layers.Dense, _KernelRule(qat_class=QuantDense))
+register_quant_rule(layers.Conv2DTranspose, _KernelRule(qat_class=QuantConv2DTranspose))
 register_quant_rule(
     layers.RepeatVector, QuantRule(output=KEEP, qat_class=ConcatRepeatVector, deploy_class=ConcatRepeatVector)
 )
 register_quant_rule(ConcatRepeatVector, QuantRule(output=KEEP))
 register_quant_rule(layers.BatchNormalization, _BatchNormalizationRule(qat_class=QuantBatchNormalization))
+register_quant_rule(layers.Add, _AddRule(qat_class=QuantAdd))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,9 +296,22 @@ class _UpSamplingRule(QuantRule):
 
 
 register_quant_rule(layers.Softmax, QuantRule(output=UNIT_RANGE))
+
+
+@register_quant_rule(layers.Dot)
+class _DotRule(QuantRule):
+    """A batched dot product converts to int8 BATCH_MATMUL (own output scale); `normalize=True`
+    (an L2 normalisation first, with no int8 kernel) is refused."""
+
+    def quantize(self, layer, decay):
+        if layer.normalize:
+            raise unsupported_error(layer, " (Dot(normalize=True): the L2 normalisation has no int8 kernel)", hint=False)
+        return super().quantize(layer, decay)
+
+
 register_quant_rule(
     (
-        layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Maximum, layers.Minimum,
+        layers.Subtract, layers.Multiply, layers.Average, layers.Maximum, layers.Minimum,
         layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.ReLU, layers.LeakyReLU, layers.ELU,
         layers.Rescaling,
     ),
