@@ -21,7 +21,10 @@ what the int8 TFLite file will compute. How each layer is rebuilt is its **rule*
   becomes `QuantChannelLayerNorm`, which quantizes every intermediate tensor of its int8
   lowering; LiteNeXt's `ScaleWeightedSum` becomes `QuantScaleWeightedSum`;
 - a `BatchNormalization` right after a convolution or dense layer is folded into it first
-  (`fold_batch_norms`); a layer or node without a rule raises `UnsupportedLayerError` naming
+  (`fold_batch_norms`); one after an `Add` of a tensor and conv outputs is moved onto the
+  sum's terms (`distribute_batch_norms`: its scale folds into the convs, the tensor keeps the
+  layer), so no per-tensor grid is read before a large per-channel scale; a three-input `Add`
+  quantizes its partial sum as the two int8 ADDs do (`QuantAdd`); a layer or node without a rule raises `UnsupportedLayerError` naming
   it and what to do.
 
 Weights start from the float model. Ranges start uncalibrated: `calibrate` runs a few batches
@@ -52,6 +55,7 @@ from keras_litenext.quantization.core import (
 )
 from keras_litenext.quantization.graph import (
     deployment_model,
+    distribute_batch_norms,
     fold_batch_norms,
     is_qat_model,
     quant_layers,
@@ -62,6 +66,7 @@ from keras_litenext.quantization.graph import (
 )
 from keras_litenext.quantization.keras_rules import (
     ConcatRepeatVector,
+    QuantAdd,
     QuantConstantOp,
     QuantConv2D,
     QuantDense,
@@ -109,6 +114,7 @@ __all__ = [
     "UNIT_RANGE",
     "ConcatRepeatVector",
     "FakeQuant",
+    "QuantAdd",
     "QuantConstantOp",
     "QuantConv2D",
     "QuantDense",
@@ -120,6 +126,7 @@ __all__ = [
     "calibrate",
     "choose_rsqrt_quantile",
     "deployment_model",
+    "distribute_batch_norms",
     "find_quant_rule",
     "fold_batch_norms",
     "get_quant_rule",

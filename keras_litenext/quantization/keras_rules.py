@@ -5,7 +5,9 @@ Weighted layers (`Conv2D`, `DepthwiseConv2D`, `Conv2DTranspose`, `Dense`) become
 fake-quantize it in `call`, per output channel, symmetric, on [-127, 127] (the TFLite int8
 weight spec). The other layers are copied, and their rule says how their output is quantized:
 
-- own int8 scale (`OWN`): conv/dense outputs, activations, adds, products, concatenations
+- own int8 scale (`OWN`): conv/dense outputs, activations, adds (an `Add` of three or more
+  tensors becomes `QuantAdd`, which also quantizes each partial sum, as the chain of int8 ADDs
+  it converts to does), products, concatenations
   (inputs tied to the output, as int8 CONCATENATION requires), global average pools, batched
   dot products (`Dot`, int8 BATCH_MATMUL);
 - a `BatchNormalization` that `fold_batch_norms` could not fold (after an add or a
