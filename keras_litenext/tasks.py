@@ -58,38 +58,46 @@ def _values_text(values, limit=12):
     return shown + (f", ... ({len(values)} values)" if len(values) > limit else "")
 
 
-class SegmentationTask:
-    """Common part of the per-pixel tasks. Subclasses set `name`, `activation`, `output_channels`."""
+class Task:
+    """What every task has: at least two distinct class names, their count, serialisation.
+    Subclasses set `name`, `kind`, `activation`, `monitor`, `default_loss`."""
 
     name = None
+    kind = None
     activation = None
-    kind = "segmentation"
-    monitor = "val_dice"  # mean Dice over the foreground classes, per image
     monitor_mode = "max"
-    default_loss = "mwl"
+    _classes_hint = ""  # added to the too-few-classes message
 
     def __init__(self, class_names):
         self.class_names = tuple(str(n) for n in class_names)
         if len(self.class_names) < 2:
-            raise ValueError(f"A segmentation task needs at least 2 classes (background included), got {self.class_names!r}.")
+            raise ValueError(f"A {self.kind} task needs at least 2 classes{self._classes_hint}, got {self.class_names!r}.")
         if len({_slug(n) for n in self.class_names}) != len(self.class_names):
             raise ValueError(f"Class names must differ (ignoring case and punctuation): {self.class_names!r}.")
 
     @property
     def num_classes(self):
-        """Classes including the background."""
+        """Number of classes (for segmentation, the background included)."""
         return len(self.class_names)
 
-    @property
-    def foreground_names(self):
-        return self.class_names[1:]
-
-    # -- serialisation ------------------------------------------------------------------------
     def to_dict(self):
         return {"task": self.name, "class_names": list(self.class_names)}
 
     def __repr__(self):
         return f"{type(self).__name__}(class_names={list(self.class_names)!r})"
+
+
+class SegmentationTask(Task):
+    """Common part of the per-pixel tasks. Subclasses set `name`, `activation`, `output_channels`."""
+
+    kind = "segmentation"
+    monitor = "val_dice"  # mean Dice over the foreground classes, per image
+    default_loss = "mwl"
+    _classes_hint = " (background included)"
+
+    @property
+    def foreground_names(self):
+        return self.class_names[1:]
 
     # -- training -----------------------------------------------------------------------------
     def loss(self, name=None, mwl_weights=None, mwl_kernel=7, class_weights=None):
@@ -287,7 +295,7 @@ class MulticlassTask(SegmentationTask):
 
 
 @register_task
-class ClassificationTask:
+class ClassificationTask(Task):
     """Image classification: K logits per image `(batch, K)`, softmax, the arg-max is the class.
 
     K = 2 is served the same way (two logits, softmax), not by one sigmoid logit: the output,
@@ -311,20 +319,8 @@ class ClassificationTask:
     kind = "classification"
     activation = "softmax"
     monitor = "val_auc"
-    monitor_mode = "max"
     default_loss = "ce"
     LOSSES = ("ce",)
-
-    def __init__(self, class_names):
-        self.class_names = tuple(str(n) for n in class_names)
-        if len(self.class_names) < 2:
-            raise ValueError(f"A classification task needs at least 2 classes, got {self.class_names!r}.")
-        if len({_slug(n) for n in self.class_names}) != len(self.class_names):
-            raise ValueError(f"Class names must differ (ignoring case and punctuation): {self.class_names!r}.")
-
-    @property
-    def num_classes(self):
-        return len(self.class_names)
 
     @property
     def output_channels(self):
@@ -335,12 +331,6 @@ class ClassificationTask:
     def foreground_names(self):
         """Every class (there is no background)."""
         return self.class_names
-
-    def to_dict(self):
-        return {"task": self.name, "class_names": list(self.class_names)}
-
-    def __repr__(self):
-        return f"{type(self).__name__}(class_names={list(self.class_names)!r})"
 
     # -- training -----------------------------------------------------------------------------
     def loss(self, name=None, class_weights=None, label_smoothing=0.0, **_segmentation_settings):

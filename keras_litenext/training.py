@@ -305,12 +305,11 @@ def finish_run(config, model, arrays, train_seconds=None):
     (classification: `metrics.json`, `curves.png`, `confusion_matrix.png`, `test_predictions.csv`)."""
     run = Run(config.output, config)
     task = run.task
-    if task.kind == "classification":
-        return _finish_classification(run, model, arrays, train_seconds)
-    test_images, test_masks = arrays["test"]
+    classification = task.kind == "classification"
+    test_images, test_targets = arrays["test"]
     logits = np.asarray(model.predict(test_images.astype("float32") / 255.0, batch_size=config.batch_size, verbose=0))
-    scores = task.scores(test_masks, logits)
-    results = {**summarize(scores), "per_image": {k: np.asarray(v).tolist() for k, v in scores.items()}}
+    scores = task.scores(test_targets, logits)
+    results = scores if classification else {**summarize(scores), "per_image": {k: np.asarray(v).tolist() for k, v in scores.items()}}
     summary = {
         "model": config.model,
         "params": int(model.count_params()),
@@ -325,42 +324,29 @@ def finish_run(config, model, arrays, train_seconds=None):
     run.write_json(METRICS, summary)
     if run.exists(HISTORY):
         plot_history(run.file(HISTORY), run.file("curves.png"))
-    n = min(16, len(test_images))
-    if n:
-        labels = task.labels(logits)
-        tiles = [overlay_labels(test_images[i], labels[i], task.num_classes, test_masks[i][..., 0]) for i in range(n)]
-        save_grid(run.file("test_overlays.png"), tiles, legend=task.class_names if task.num_classes > 2 else None)
-    print(f"Test {task.summary_line(results)} ({results['counted']} of {results['images']} test images) -> {config.output}")
+    if classification:
+        _classification_artifacts(run, test_targets, logits, scores)
+        counted = f"{scores['images']} test images"
+    else:
+        n = min(16, len(test_images))
+        if n:
+            labels = task.labels(logits)
+            tiles = [overlay_labels(test_images[i], labels[i], task.num_classes, test_targets[i][..., 0]) for i in range(n)]
+            save_grid(run.file("test_overlays.png"), tiles, legend=task.class_names if task.num_classes > 2 else None)
+        counted = f"{results['counted']} of {results['images']} test images"
+    print(f"Test {task.summary_line(results)} ({counted}) -> {config.output}")
     return summary
 
 
-def _finish_classification(run, model, arrays, train_seconds):
+def _classification_artifacts(run, test_labels, logits, scores):
+    """`confusion_matrix.png` and `test_predictions.csv` of a classification run."""
     from keras_litenext.data_classification import write_predictions_csv
     from keras_litenext.visualize import plot_confusion_matrix
 
-    config, task = run.config, run.task
-    test_images, test_labels = arrays["test"]
-    logits = np.asarray(model.predict(test_images.astype("float32") / 255.0, batch_size=config.batch_size, verbose=0))
-    scores = task.scores(test_labels, logits)
-    summary = {
-        "model": config.model,
-        "params": int(model.count_params()),
-        "data": os.path.abspath(config.data),
-        "image_size": config.image_size,
-        "task": task.name,
-        "class_names": list(task.class_names),
-        "split": "test",
-        "train_seconds": None if train_seconds is None else round(train_seconds, 1),
-        **scores,
-    }
-    run.write_json(METRICS, summary)
-    if run.exists(HISTORY):
-        plot_history(run.file(HISTORY), run.file("curves.png"))
+    task = run.task
     plot_confusion_matrix(scores["confusion_matrix"], task.class_names, run.file("confusion_matrix.png"),
                           title=f"test split ({scores['images']} images), accuracy {scores['accuracy']:.3f}")
     stems = (run.splits() or {}).get("test")
     if stems is None or len(stems) != len(test_labels):
         stems = [str(i) for i in range(len(test_labels))]
     write_predictions_csv(run.file("test_predictions.csv"), stems, task.probabilities(logits), task.class_names, true_labels=test_labels)
-    print(f"Test {task.summary_line(scores)} ({scores['images']} test images) -> {config.output}")
-    return summary
