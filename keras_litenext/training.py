@@ -261,7 +261,7 @@ def train(config, strategy=None):
         *callbacks,
         keras.callbacks.CSVLogger(run.file(HISTORY), append=config.resume),
         BestModelCheckpoint(model, best_path, monitor=task.monitor, mode=task.monitor_mode, best=best,
-                            transform=spec.deploy and spec.deploy_form),
+                            transform=spec.deploy_form),
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
         keras.callbacks.BackupAndRestore(os.path.join(out, "backup"), double_checkpoint=True),
     ]
