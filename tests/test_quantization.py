@@ -64,7 +64,11 @@ def test_quantize_model_rebuilds_the_graph_with_quantizers(tiny, images):
         assert cls in kinds, cls.__name__
     assert not kinds & {layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, ChannelLayerNorm, ScaleWeightedSum}
     names = {layer.name for layer in qat.layers}
-    assert {layer.name for layer in tiny.layers} <= names  # same names, plus <layer>_quant
+    # same names, plus <layer>_quant; the 7x7 depthwise kernels are split in three (XNNPACK)
+    split = {layer.name for layer in tiny.layers if isinstance(layer, layers.DepthwiseConv2D) and layer.kernel_size == (7, 7)}
+    assert len(split) == 4 and not split & names
+    assert {layer.name for layer in tiny.layers} - split <= names
+    assert {f"{n}_split{i}" for n in split for i in range(3)} <= names
     assert qat.get_layer("image_quant").fixed_range == [0.0, 1.0]
     assert qat.get_layer("fusion_softmax_quant").fixed_range == [0.0, 255.0 / 256.0]
     assert "stage2_down_pool_quant" not in names  # max-pooling keeps its input's scale
@@ -350,3 +354,62 @@ def test_rules_are_open_and_found_by_mro():
     weird = keras.Model(inputs, WeirdConv(4, 1, name="weird")(inputs))
     with pytest.raises(Q.UnsupportedLayerError, match=r"'weird' \(WeirdConv\).*register_quant_rule"):
         Q.quantize_model(weird)
+
+
+# ----------------------------------------------------------------------------------------------
+# Large depthwise kernels split for XNNPACK
+# ----------------------------------------------------------------------------------------------
+def test_depthwise_pieces_cover_every_tap_once():
+    for size, dilation in [((7, 7), (1, 1)), ((9, 9), (1, 1)), ((7, 7), (2, 3)), ((3, 11), (1, 1)), ((11, 5), (1, 1))]:
+        pieces = Q.depthwise_pieces(size, dilation)
+        assert pieces is not None and len(pieces) > 1
+        wide = size[1] > size[0]
+        along, across = (size[1], size[0]) if wide else size
+        step = dilation[1] if wide else dilation[0]
+        covered = []
+        for rows, piece_size, piece_dilation in pieces:
+            assert piece_size[0] * piece_size[1] <= Q.MAX_DEPTHWISE_TAPS
+            n, d = (piece_size[1], piece_dilation[1]) if wide else (piece_size[0], piece_dilation[0])
+            assert n == len(rows) and (piece_size[0] if wide else piece_size[1]) == across
+            # "same" padding places tap t of the piece at offset (t - (n - 1) / 2) * d from the centre
+            offsets = [(t - (n - 1) / 2) * d for t in range(n)]
+            assert offsets == [(r - along // 2) * step for r in rows]
+            covered += rows
+        assert sorted(covered) == list(range(along))
+    assert Q.depthwise_pieces((5, 5)) is None and Q.depthwise_pieces((1, 7)) is None
+    assert Q.depthwise_pieces((8, 8)) is None  # even: "same" padding is not centred
+    assert Q.depthwise_pieces((31, 31)) is None  # two rows are already too long
+    assert len(Q.depthwise_pieces((1, 31))) == 4  # a long row splits along itself
+
+
+def test_split_depthwise_kernels_is_exact_and_quantizes_each_piece():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((24, 24, 6))
+    x = layers.DepthwiseConv2D(7, padding="same", name="dw7")(inputs)
+    x = layers.DepthwiseConv2D(7, padding="same", dilation_rate=2, activation="relu", use_bias=False, name="dw7d")(x)
+    x = layers.DepthwiseConv2D((3, 11), padding="same", depth_multiplier=2, name="dw3x11")(x)
+    x = layers.DepthwiseConv2D(5, padding="same", name="dw5")(x)
+    model = keras.Model(inputs, x)
+    for layer in model.layers[1:]:
+        layer.set_weights([np.random.default_rng(2).normal(0, 0.1, w.shape).astype("float32") for w in layer.get_weights()])
+    x = np.random.default_rng(3).uniform(0, 1, (2, 24, 24, 6)).astype("float32")
+
+    split = Q.split_depthwise_kernels(model)
+    dw = [layer for layer in split.layers if isinstance(layer, layers.DepthwiseConv2D)]
+    assert max(np.prod(layer.kernel_size) for layer in dw) <= Q.MAX_DEPTHWISE_TAPS
+    names = {layer.name for layer in split.layers}
+    assert {"dw7_split0", "dw7_split2", "dw7_sum", "dw7d_activation", "dw3x11_split2", "dw5"} <= names
+    assert "dw3x11_split3" not in names  # 3x7 centre (21 taps) + two 3x2 pairs
+    assert "dw7" not in names
+    np.testing.assert_allclose(run_eager(split, x), run_eager(model, x), atol=1e-5)
+    assert Q.deployment_model(model, max_depthwise_taps=None) is model
+
+    qat = Q.calibrate(Q.quantize_model(model), x)
+    names = {layer.name for layer in qat.layers}
+    assert {"dw7_split0_quant", "dw7_split1_quant", "dw7_sum_quant"} <= names
+    assert type(qat.get_layer("dw7_sum")) is Q.QuantAdd  # the two int8 ADDs, partial sum quantized
+    assert "dw7_sum/partial1" in Q.quantizer_ranges(qat)
+    Q.set_quant_mode(qat, "float")
+    np.testing.assert_allclose(run_eager(qat, x), run_eager(model, x), atol=1e-5)
+    whole = Q.quantize_model(model, max_depthwise_taps=None)
+    assert "dw7" in {layer.name for layer in whole.layers}

@@ -24,7 +24,9 @@ what the int8 TFLite file will compute. How each layer is rebuilt is its **rule*
   (`fold_batch_norms`); one after an `Add` of a tensor and conv outputs is moved onto the
   sum's terms (`distribute_batch_norms`: its scale folds into the convs, the tensor keeps the
   layer), so no per-tensor grid is read before a large per-channel scale; a three-input `Add`
-  quantizes its partial sum as the two int8 ADDs do (`QuantAdd`); a layer or node without a rule raises `UnsupportedLayerError` naming
+  quantizes its partial sum as the two int8 ADDs do (`QuantAdd`); a depthwise kernel of more
+  than 25 taps is split into pieces XNNPACK runs fast (`split_depthwise_kernels`, as the float
+  `deployment_model` does), each piece and partial sum quantized as the file computes them; a layer or node without a rule raises `UnsupportedLayerError` naming
   it and what to do.
 
 Weights start from the float model. Ranges start uncalibrated: `calibrate` runs a few batches
@@ -54,7 +56,9 @@ from keras_litenext.quantization.core import (
     quantize_weights,
 )
 from keras_litenext.quantization.graph import (
+    MAX_DEPTHWISE_TAPS,
     deployment_model,
+    depthwise_pieces,
     distribute_batch_norms,
     fold_batch_norms,
     is_qat_model,
@@ -62,6 +66,7 @@ from keras_litenext.quantization.graph import (
     quantize_model,
     quantizer_ranges,
     set_quant_mode,
+    split_depthwise_kernels,
     uncalibrated_quantizers,
 )
 from keras_litenext.quantization.keras_rules import (
@@ -105,6 +110,7 @@ __all__ = [
     "FIXED_ACTIVATION_RANGES",
     "FUSED_ACTIVATIONS",
     "KEEP",
+    "MAX_DEPTHWISE_TAPS",
     "MODES",
     "OWN",
     "RSQRT_QUANTILES",
@@ -126,6 +132,7 @@ __all__ = [
     "calibrate",
     "choose_rsqrt_quantile",
     "deployment_model",
+    "depthwise_pieces",
     "distribute_batch_norms",
     "find_quant_rule",
     "fold_batch_norms",
@@ -138,6 +145,7 @@ __all__ = [
     "quantizer_ranges",
     "register_quant_rule",
     "set_quant_mode",
+    "split_depthwise_kernels",
     "supported_layers",
     "tie_ranges",
     "uncalibrated_quantizers",

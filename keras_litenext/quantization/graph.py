@@ -219,9 +219,110 @@ def distribute_batch_norms(model):
 
 
 # ----------------------------------------------------------------------------------------------
+# Large depthwise kernels
+# ----------------------------------------------------------------------------------------------
+# XNNPACK's depthwise micro-kernels cover 3, 9 and 25 taps; a larger kernel (LiteNeXt's 7x7)
+# falls back to a grouped GEMM, 3-4x slower in float and ~20x in int8 (spec: int8_xnnpack.md).
+MAX_DEPTHWISE_TAPS = 25
+
+
+def depthwise_pieces(kernel_size, dilation_rate=(1, 1), max_taps=MAX_DEPTHWISE_TAPS):
+    """How a stride-1 "same" depthwise kernel splits into pieces of at most `max_taps` taps.
+
+    The rows (or columns, for a wide kernel) of a `kh x kw` kernel with centre `c` go into a
+    centre band `c-r .. c+r`, as large as `max_taps` allows, and one two-row piece per pair
+    `c-j, c+j` left over: a `2 x kw` kernel dilated by `2j` along the split axis, whose "same"
+    padding puts its two rows at offsets `-j` and `+j`. The pieces' outputs sum to the whole
+    kernel's exactly (up to float rounding), since each tap is in one piece at its own offset.
+
+    Returns:
+        A list of `(rows, kernel_size, dilation_rate)` (`rows`: indices along the split axis,
+        the centre band first), or None when the kernel needs no split or cannot be split so
+        (an even size, or a single row longer than `max_taps`).
+    """
+    kh, kw = (int(k) for k in kernel_size)
+    dh, dw = (int(d) for d in dilation_rate)
+    if kh * kw <= max_taps or kh % 2 == 0 or kw % 2 == 0:
+        return None
+    transpose = kw > kh
+    if transpose:
+        kh, kw, dh, dw = kw, kh, dw, dh
+    if 2 * kw > max_taps:
+        return None
+    c = kh // 2
+    r = max(0, (max_taps // kw - 1) // 2)
+    pieces = [(list(range(c - r, c + r + 1)), (2 * r + 1, kw), (dh, dw))]
+    for j in range(r + 1, c + 1):
+        pieces.append(([c - j, c + j], (2, kw), (2 * j * dh, dw)))
+    if transpose:
+        pieces = [(rows, size[::-1], dil[::-1]) for rows, size, dil in pieces]
+    return pieces
+
+
+def _splittable_depthwise(layer, max_taps):
+    if type(layer) is not layers.DepthwiseConv2D or tuple(layer.strides) != (1, 1) or layer.padding != "same":
+        return None
+    return depthwise_pieces(layer.kernel_size, layer.dilation_rate, max_taps)
+
+
+def split_depthwise_kernels(model, max_taps=MAX_DEPTHWISE_TAPS):
+    """A copy of `model` in which every stride-1 "same" `DepthwiseConv2D` of more than
+    `max_taps` taps is the sum of pieces of at most `max_taps` taps (`depthwise_pieces`).
+
+    Same outputs up to float rounding (the 7x7 of LiteNeXt: three pieces, 3x7 + 2x7 + 2x7,
+    max error ~2e-7); a TFLite file of the copy runs every piece on XNNPACK's 25-tap kernel.
+    The pieces are `{name}_split{i}` (the centre first, with the bias), their sum
+    `{name}_sum` (an `Add`, quantized as int8 adds, `QuantAdd`), and a non-linear activation
+    of the layer `{name}_activation` after it. The Keras training model keeps its kernel:
+    the converter (`deployment_model`) and `quantize_model` apply this. Returns `model`
+    itself when no layer qualifies.
+    """
+    plans = {}
+    for layer in _operations(model):
+        pieces = _splittable_depthwise(layer, max_taps)
+        if pieces is not None:
+            plans[layer.name] = pieces
+    if not plans:
+        return model
+    made = {}
+
+    def call(layer, *args, **kwargs):
+        if layer.name not in plans:
+            return layer(*args, **kwargs)
+        config = layer.get_config()
+        outputs, made[layer.name] = [], []
+        for i, (_, size, dilation) in enumerate(plans[layer.name]):
+            piece_config = dict(config, name=f"{layer.name}_split{i}", kernel_size=size, dilation_rate=dilation,
+                                activation="linear", use_bias=bool(config["use_bias"]) and i == 0)
+            piece = layers.DepthwiseConv2D.from_config(piece_config)
+            outputs.append(piece(*args, **kwargs))
+            made[layer.name].append(piece)
+        y = layers.Add(name=f"{layer.name}_sum", dtype=config.get("dtype"))(outputs)
+        if activation_name(layer) != "linear":
+            y = layers.Activation(config["activation"], name=f"{layer.name}_activation", dtype=config.get("dtype"))(y)
+        return y
+
+    new = keras.models.clone_model(model, clone_function=lambda layer: layer.__class__.from_config(layer.get_config()),
+                                   call_function=call)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name in plans:
+            kernel = ops.convert_to_numpy(layer.kernel)
+            wide = layer.kernel_size[1] > layer.kernel_size[0]
+            for i, ((rows, _, _), piece) in enumerate(zip(plans[layer.name], made[layer.name])):
+                part = kernel[:, rows] if wide else kernel[rows]
+                weights = [part] + ([ops.convert_to_numpy(layer.bias)] if piece.use_bias else [])
+                piece.set_weights(weights)
+        else:
+            new.get_layer(layer.name).set_weights(layer.get_weights())
+    return new
+
+
+# ----------------------------------------------------------------------------------------------
 # The QAT model
 # ----------------------------------------------------------------------------------------------
-def quantize_model(model, input_range=(0.0, 1.0), decay=0.99, passthrough=()):
+def quantize_model(model, input_range=(0.0, 1.0), decay=0.99, passthrough=(), max_depthwise_taps=MAX_DEPTHWISE_TAPS):
     """The quantization-aware-training version of a trained float functional model.
 
     Each layer (and `keras.ops` node) is rebuilt by its `QuantRule` (`register_quant_rule`),
@@ -238,6 +339,9 @@ def quantize_model(model, input_range=(0.0, 1.0), decay=0.99, passthrough=()):
             0.99.
         passthrough: class names of custom layers that only move values (like `Reshape`), to be
             kept as they are with no quantizer.
+        max_depthwise_taps: depthwise kernels larger than this are split into pieces
+            (`split_depthwise_kernels`), as `deployment_model` splits them in float: XNNPACK
+            runs pieces of up to 25 taps on fast kernels. None keeps every kernel whole.
 
     Returns:
         A functional `keras.Model` with the same inputs, outputs and layer names, plus
@@ -253,6 +357,8 @@ def quantize_model(model, input_range=(0.0, 1.0), decay=0.99, passthrough=()):
         raise UnsupportedLayerError("quantize_model: expected a functional keras.Model (built with keras.Input).")
     passthrough = tuple(passthrough)
     source = distribute_batch_norms(fold_batch_norms(model))
+    if max_depthwise_taps:
+        source = split_depthwise_kernels(source, max_depthwise_taps)
     rules = {}
     for layer in _operations(source):  # fail before building anything, naming the first unsupported layer
         rule = _rule(layer, passthrough)
@@ -334,29 +440,31 @@ def _copy_float_weights(source, target):
             by_path[path].assign(ops.convert_to_numpy(variable).astype("float32"))
 
 
-def deployment_model(model):
+def deployment_model(model, max_depthwise_taps=MAX_DEPTHWISE_TAPS):
     """A copy of a float `model` with the same weights and outputs (up to float rounding) whose
-    TFLite graph XNNPACK runs in one piece: each layer whose rule has a deployment form is
-    replaced by it (`ChannelLayerNorm` -> `DeployChannelLayerNorm`, `RepeatVector` ->
-    `ConcatRepeatVector`, ...). `keras_litenext.tflite.convert` applies it to float models.
-    Returns `model` itself when no layer has a deployment form."""
+    TFLite graph XNNPACK runs in one piece and on its fast kernels: each layer whose rule has a
+    deployment form is replaced by it (`ChannelLayerNorm` -> `DeployChannelLayerNorm`,
+    `RepeatVector` -> `ConcatRepeatVector`, ...), and depthwise kernels of more than
+    `max_depthwise_taps` taps are split (`split_depthwise_kernels`; None keeps them whole).
+    `keras_litenext.tflite.convert` applies it to float models. Returns `model` itself when
+    nothing changes."""
     replacements = {}
     for layer in _operations(model):
         found = find_quant_rule(layer)
         new = found[0].deploy(layer) if found is not None else None
         if new is not None:
             replacements[id(layer)] = new
-    if not replacements:
-        return model
+    if replacements:
 
-    def clone(layer):
-        return replacements.get(id(layer)) or layer.__class__.from_config(layer.get_config())
+        def clone(layer):
+            return replacements.get(id(layer)) or layer.__class__.from_config(layer.get_config())
 
-    new = keras.models.clone_model(model, clone_function=clone)
-    for layer in model.layers:
-        if layer.weights:
-            new.get_layer(layer.name).set_weights(layer.get_weights())
-    return new
+        new = keras.models.clone_model(model, clone_function=clone)
+        for layer in model.layers:
+            if layer.weights:
+                new.get_layer(layer.name).set_weights(layer.get_weights())
+        model = new
+    return split_depthwise_kernels(model, max_depthwise_taps) if max_depthwise_taps else model
 
 
 # ----------------------------------------------------------------------------------------------
