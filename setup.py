@@ -16,7 +16,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.14",
     packages=find_packages(include=["keras_litenext", "keras_litenext.*"]),
-    package_data={"keras_litenext": ["assets/**/*"]},
+    package_data={"keras_litenext": ["assets/**/*", "presets/**/*"]},
     include_package_data=True,
     install_requires=[
         "tensorflow>=2.21,<2.22",
@@ -25,12 +25,23 @@ setup(
         "opencv-python-headless>=4.8,<6",
         "tensorboard>=2.20",  # TF 2.21 no longer pulls it; runs write TensorBoard logs
         "matplotlib>=3.7",  # curves.png of a run
+        "scipy>=1.10",  # exact distance transforms of the surface metrics (HD95, ASSD)
     ],
     extras_require={
         "litert": ["ai-edge-litert>=2.3,<3"],
+        # TFLite metadata for MediaPipe Tasks (keras_litenext.metadata). MediaPipe's wheel also
+        # declares opencv-contrib-python, a second copy of cv2; `pip install --no-deps
+        # "mediapipe==1.2.3"` avoids it (README, "Phone-ready files").
+        "mediapipe": ["mediapipe==1.2.3"],
         "jax": ["jax>=0.4.30"],
-        "test": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30"],
-        "dev": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "ruff"],
+        # DICOM and NIfTI datasets (keras_litenext.medical_io)
+        "dicom": ["pydicom>=3,<4"],
+        "nifti": ["nibabel>=5,<6"],
+        "medical": ["pydicom>=3,<4", "nibabel>=5,<6"],
+        "test": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "mediapipe==1.2.3", "hypothesis>=6",
+                 "pydicom>=3,<4", "nibabel>=5,<6"],
+        "dev": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "ruff", "hypothesis>=6", "pydicom>=3,<4", "nibabel>=5,<6",
+                "mediapipe==1.2.3"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

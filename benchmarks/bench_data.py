@@ -61,6 +61,20 @@ def throughput(ds, batch_size, warmup, windows, seconds, batches):
     return statistics.median(rates), rates
 
 
+def measure(size=256, n=128, batch_size=16, seconds=3.0, windows=5, warmup=10):
+    """`{"augmented", "plain"}` images/s of the training pipeline on `n` synthetic PNG pairs at
+    `size` (what `benchmarks/run.py` reports)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = os.path.join(tmp, "synthetic")
+        write_synthetic(data_dir, n, size)
+        images, masks, _, _ = D.load_pairs(D.find_pairs(data_dir), size, channels=3)
+    common = dict(batch_size=batch_size, shuffle=True, seed=0, repeat=True, drop_remainder=True)
+    timing = dict(batch_size=batch_size, warmup=warmup, windows=windows, seconds=seconds, batches=0)
+    plain, _ = throughput(D.make_dataset(images, masks, **common), **timing)
+    augmented, _ = throughput(D.make_dataset(images, masks, augment=D.augmenter(seed=0), **common), **timing)
+    return {"augmented": augmented, "plain": plain, "size": size, "batch_size": batch_size}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="dataset folder with images/ and masks/ (default: synthetic PNGs)")

@@ -8,9 +8,11 @@
 # metrics with Keras, so that any saved `.keras` file of the package loads after
 # `import keras_litenext`.
 from keras_litenext import layers, losses, metrics, quantization
+from keras_litenext import export  # a module that is also callable: keras_litenext.export(model, "out/", ...)
 from keras_litenext.models import LiteNeXt, ModelSpec, create_model, get_spec, list_models, spec_of
 from keras_litenext.models import LVUNet, ULite, model_to_deploy, reparameterize
 from keras_litenext.models import MedNeXtClassifier, MedNeXtSeg
+from keras_litenext.presets import list_presets, load_preset, save_preset
 from keras_litenext.utils import count_macs
 from keras_litenext.version import __version__
 from keras_litenext.weights import load_torch_weights
@@ -24,15 +26,19 @@ __all__ = [
     "ULite",
     "count_macs",
     "create_model",
+    "export",
     "get_spec",
     "layers",
     "list_models",
+    "list_presets",
+    "load_preset",
     "load_torch_weights",
     "losses",
     "metrics",
     "model_to_deploy",
     "quantization",
     "reparameterize",
+    "save_preset",
     "spec_of",
     "__version__",
 ]

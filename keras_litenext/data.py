@@ -2,7 +2,10 @@
 
 A dataset folder holds ``images/`` and ``masks/``, paired by file stem (a mask stem may carry a
 suffix, e.g. ``ISIC_0001.jpg`` and ``ISIC_0001_segmentation.png`` with
-``masks_suffix="_segmentation"``). PNG, JPEG, BMP and TIFF files, 8 or 16 bit, grey, RGB or RGBA.
+``masks_suffix="_segmentation"``). PNG, JPEG, BMP and TIFF files, 8 or 16 bit, grey, RGB or RGBA;
+DICOM and NIfTI files through `keras_litenext.medical_io` (volumes give one example per slice).
+How stored values become the network's input is the dataset's intensity recipe
+(`keras_litenext.intensity`; default: 8-bit, ``p / 255``).
 
 Pipeline:
 
@@ -37,6 +40,10 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from keras_litenext.intensity import IntensityError
+from keras_litenext.medical_io import MEDICAL_EXTENSIONS, SLICE_SEPARATOR, is_medical
+from keras_litenext.medical_io import load_pair as _load_medical_pair
+from keras_litenext.medical_io import split_name as _split_name
 from keras_litenext.utils import write_json
 
 __all__ = [
@@ -51,6 +58,7 @@ __all__ = [
     "read_image",
     "sample_data_dir",
     "save_splits",
+    "scan_dataset",
     "select",
     "split_stems",
 ]
@@ -113,8 +121,8 @@ def _list_images(folder, data_dir):
     for name in sorted(os.listdir(folder)):
         if name.startswith(".") or not os.path.isfile(os.path.join(folder, name)):
             continue
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in IMAGE_EXTENSIONS:
+        stem, ext = _split_name(name)
+        if ext.lower() not in IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS:
             others.append(name)
             continue
         if stem in by_stem:
@@ -123,7 +131,7 @@ def _list_images(folder, data_dir):
             by_stem[stem] = name
     if not by_stem:
         extra = f"; found only other files: {_examples(others)}" if others else ""
-        raise DatasetError(f"{folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)}){extra}")
+        raise DatasetError(f"{folder} holds no image files ({', '.join(IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS)}){extra}")
     return by_stem, duplicates
 
 
@@ -137,7 +145,7 @@ def _suggest_suffix(mask_stems, image_stems):
     return ""
 
 
-def find_pairs(data_dir, masks_suffix="", skip_bad=False):
+def find_pairs(data_dir, masks_suffix="", skip_bad=False, collect=None):
     """Pairs the files of ``data_dir/images`` and ``data_dir/masks`` by stem.
 
     A mask ``<stem><masks_suffix>.<ext>`` belongs to the image ``<stem>.<ext>``; extensions may
@@ -148,6 +156,8 @@ def find_pairs(data_dir, masks_suffix="", skip_bad=False):
         data_dir: dataset folder with ``images/`` and ``masks/`` subfolders.
         masks_suffix: what mask stems add to image stems, e.g. ``"_segmentation"`` (ISIC).
         skip_bad: skip unpaired or ambiguous files (one warning with the count) instead of raising.
+        collect: a list: the pairing problems are appended to it (one line each) and the usable
+            pairs returned, for a caller that reports them with other problems (`scan_dataset`).
 
     Returns:
         list of `Pair`, sorted by stem, never empty.
@@ -189,7 +199,7 @@ def find_pairs(data_dir, masks_suffix="", skip_bad=False):
     no_image = sorted([s for s in masks if s not in images])
     orphan_masks = sorted([masks_raw[s] for s in unmatched_masks] + [masks[s] for s in no_image])
     if orphan_masks:
-        orphan_stems = [os.path.splitext(n)[0] for n in orphan_masks]
+        orphan_stems = [_split_name(n)[0] for n in orphan_masks]
         problems.append(
             f"{len(orphan_masks)} masks in {mask_dir} have no image in {image_dir}: {_examples(orphan_masks)}"
             + _suggest_suffix(orphan_stems, images)
@@ -199,8 +209,11 @@ def find_pairs(data_dir, masks_suffix="", skip_bad=False):
     pairs = [
         Pair(stem, os.path.join(image_dir, images[stem]), os.path.join(mask_dir, masks[stem]))
         for stem in sorted(images)
-        if stem in masks and not (skip_bad and stem in ambiguous)
+        if stem in masks and not ((skip_bad or collect is not None) and stem in ambiguous)
     ]
+    if problems and collect is not None and pairs and not skip_bad:
+        collect.extend(problems)
+        return pairs
     if problems:
         if not skip_bad or not pairs:
             hint = "" if skip_bad else " (pass --skip-bad / skip_bad=True to skip unpaired files)"
@@ -309,6 +322,17 @@ def _image_channels(array, channels):
     return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB if alpha else cv2.COLOR_BGR2RGB)
 
 
+def _convert_image(raw, channels, intensity=None):
+    """A decoded image as the model's stored input: the 8-bit recipe exactly as before recipes
+    (`_to_uint8`, then channels), any other recipe on the channel-converted raw values (uint16)."""
+    if intensity is None or intensity.kind == "uint8":
+        return _image_channels(_to_uint8(raw), channels)
+    try:
+        return intensity.to_array(_image_channels(raw, channels))
+    except IntensityError as e:
+        raise _BadFile(str(e)) from None
+
+
 def _resize_image(image, h, w):
     ih, iw = image.shape[:2]
     if (ih, iw) == (h, w):
@@ -318,15 +342,16 @@ def _resize_image(image, h, w):
     return out.reshape(h, w, image.shape[2])
 
 
-def read_image(path, channels=3):
+def read_image(path, channels=3, intensity=None):
     """Reads one image as `load_pairs` does, at its own size (for prediction).
 
     Args:
         path: PNG, JPEG, BMP or TIFF file (8 or 16 bit, grey, RGB or RGBA).
         channels: 3 (RGB) or 1 (grey).
+        intensity: the run's `intensity.Intensity` (default: 8-bit).
 
     Returns:
-        uint8 array ``(H, W, channels)``.
+        uint8 array ``(H, W, channels)`` (uint16 for a recipe other than 8-bit).
 
     Raises:
         DatasetError: one line naming the file and what is wrong with it.
@@ -336,22 +361,50 @@ def read_image(path, channels=3):
     path = os.fspath(path)
     try:
         with _quiet_opencv():
-            return _image_channels(_to_uint8(_read(path)), channels)
+            raw = _read(path)
+            top = _low_bit_depth(raw) if intensity is None or intensity.kind == "uint8" else None
+            if top is not None:
+                _low_bit_depth_warning([(path, top)], 1, os.path.dirname(path) or ".")
+            return _convert_image(raw, channels, intensity)
     except _BadFile as e:
         raise DatasetError(f"{path}: {e}") from None
     except Exception as e:  # never let an OpenCV/NumPy traceback escape
         raise DatasetError(f"{path}: cannot be loaded ({type(e).__name__}: {e})".splitlines()[0]) from None
 
 
-def _load_pair(pair, h, w, channels, decode_mask):
-    """(image, mask, problems): arrays, or None and a list of one-line reasons."""
+def _low_bit_depth(array):
+    """The largest value of a 16-bit image that uses 12 bits or fewer (else None)."""
+    if array.dtype == np.uint16:
+        top = int(array.max())
+        if 0 < top < 4096:
+            return top
+    return None
+
+
+def _low_bit_depth_warning(notes, total, where):
+    """One line about 16-bit files holding 12-bit (or fewer) values, squashed by the /257 mapping."""
+    top = max(v for _, v in notes)
+    warnings.warn(
+        f"{len(notes)} of {total} images in {where} are 16-bit files with values only up to {top} (12-bit data?): "
+        f"16-bit images are divided by 257, which leaves them about {round(top / 257) + 1} grey levels; rescale them "
+        f"to the full 16-bit range (or to 8 bit) first, or keep their levels with an intensity recipe (--intensity percentile): {_examples(os.path.basename(p) for p, _ in notes)}",
+        stacklevel=3,
+    )
+
+
+def _load_pair(pair, h, w, channels, decode_mask, notes=None, intensity=None):
+    """(image, mask, problems): arrays, or None and a list of one-line reasons; a 16-bit image
+    with 12-bit values is noted in `notes` as `(path, max)`."""
     from keras_litenext.tasks import MaskError
 
     problems = []
     image = mask = None
     try:
         raw_image = _read(pair.image)
-        image = _image_channels(_to_uint8(raw_image), channels)
+        top = _low_bit_depth(raw_image) if intensity is None or intensity.kind == "uint8" else None
+        if top is not None and notes is not None:
+            notes.append((pair.image, top))
+        image = _convert_image(raw_image, channels, intensity)
     except _BadFile as e:
         problems.append((pair.image, str(e)))
     try:
@@ -386,7 +439,8 @@ def _display(path, root):
     return path if rel.startswith("..") else rel
 
 
-def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=True, skip_bad=False, task=None):
+def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=True, skip_bad=False, task=None,
+               intensity=None, slice_axis=2, empty_slices=1.0):
     """Pre-flight scan and load: reads every pair once, validates, converts and resizes.
 
     Images: BGR(A) -> RGB, alpha dropped, 16 bit divided by 257 (so 65535 -> 255 and an
@@ -411,12 +465,19 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
             map (a class-index map for `multiclass`: a value outside ``0..K-1`` or a colour
             outside its palette is a problem of that file, listed with the values found).
             Default: the binary task with ``mask_threshold`` and ``binary_check``.
+        intensity: an `intensity.Intensity` recipe (default 8-bit: the behaviour described
+            above); another recipe maps the raw values and stores uint16 images.
+        slice_axis: DICOM/NIfTI volumes: the axis of a NIfTI volume the 2-D slices are taken along.
+        empty_slices: DICOM/NIfTI volumes: the fraction of slices with an empty label that is
+            kept (evenly spaced; 1 keeps all).
 
     Returns:
-        ``(images, masks, stems, report)``: uint8 ``(N, H, W, channels)``, uint8
-        ``(N, H, W, 1)`` label maps ({0, 1} for binary, ``0..K-1`` for multiclass), the kept
-        stems in input order, and
-        ``{"pairs": total, "kept": N, "skipped": ["file: reason", ...]}``.
+        ``(images, masks, stems, report)``: uint8 ``(N, H, W, channels)`` (uint16 for a recipe
+        other than 8-bit), uint8 ``(N, H, W, 1)`` label maps ({0, 1} for binary, ``0..K-1`` for
+        multiclass), the kept stems in input order (``<stem>#<slice>`` for the slices of a
+        volume), and ``{"pairs": total, "kept": N, "skipped": ["file: reason", ...]}``, plus
+        ``"spacing": {stem: [row mm, column mm, slice mm or None]}`` (of the returned arrays)
+        for the examples whose file states it (DICOM, NIfTI).
 
     Raises:
         DatasetError: unreadable, corrupt, truncated, empty or non-binary files, or image and
@@ -435,48 +496,91 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
 
         task = BinaryTask(mask_threshold=mask_threshold, binary_check=binary_check)
     decode_mask = task.decode_mask
+    dtype = np.uint8 if intensity is None else intensity.dtype
 
     if h is None:
         images, masks = [None] * len(pairs), [None] * len(pairs)
     else:
-        images = np.empty((len(pairs), h, w, channels), np.uint8)
+        images = np.empty((len(pairs), h, w, channels), dtype)
         masks = np.empty((len(pairs), h, w, 1), np.uint8)
-    kept, problems = [], []
+    kept, problems, notes, spacing, n_good = [], [], [], {}, 0
 
     def work(pair):
+        """`([(stem, image, mask, spacing)], issues)`: one example of a 2-D file, one per slice of a volume."""
         try:
-            return _load_pair(pair, h, w, channels, decode_mask)
-        except Exception as e:  # never let an OpenCV/NumPy traceback escape
-            return None, None, [(pair.image, f"cannot be loaded ({type(e).__name__}: {e})".splitlines()[0])]
+            if is_medical(pair.image) or is_medical(pair.mask):
+                from keras_litenext.intensity import Intensity
+
+                return _load_medical_pair(
+                    pair, h, w, channels, decode_mask, intensity or Intensity(), slice_axis, empty_slices,
+                    read_flat=_read, image_channels=lambda raw, c: _convert_image(raw, c, intensity), resize=_resize_image)
+            image, mask, issues = _load_pair(pair, h, w, channels, decode_mask, notes, intensity)
+            return ([] if issues else [(pair.stem, image, mask, None)]), issues
+        except Exception as e:  # never let an OpenCV/NumPy/pydicom traceback escape
+            return [], [(pair.image, f"cannot be loaded ({type(e).__name__}: {e})".splitlines()[0])]
 
     with _quiet_opencv():
         workers = max(1, min(8, os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            for pair, (image, mask, issues) in zip(pairs, pool.map(work, pairs)):
+            for pair, (samples, issues) in zip(pairs, pool.map(work, pairs)):
                 if issues:
                     problems.extend(f"{_display(path, root)}: {reason}" for path, reason in issues)
                     continue
-                images[len(kept)] = image
-                masks[len(kept)] = mask
-                kept.append(pair.stem)
+                n_good += 1
+                for stem, image, mask, pixel_mm in samples:
+                    if h is not None and len(kept) == len(images):  # a volume gave several slices: grow
+                        extra = max(len(samples), len(images))
+                        images = np.concatenate([images, np.empty((extra, *images.shape[1:]), images.dtype)])
+                        masks = np.concatenate([masks, np.empty((extra, *masks.shape[1:]), masks.dtype)])
+                    elif h is None and len(kept) == len(images):
+                        images.append(None)
+                        masks.append(None)
+                    images[len(kept)] = image
+                    masks[len(kept)] = mask
+                    if pixel_mm is not None:
+                        spacing[stem] = list(pixel_mm)
+                    kept.append(stem)
 
-    n_bad = len(pairs) - len(kept)
+    if notes:
+        _low_bit_depth_warning(sorted(notes), len(pairs), root)
+    n_bad = len(pairs) - n_good
     report = {"pairs": len(pairs), "kept": len(kept), "skipped": problems}
+    if spacing:
+        report["spacing"] = spacing
     if n_bad:
         summary = f"{n_bad} of {len(pairs)} pairs in {root} are unusable"
         if not skip_bad:
             raise DatasetError(
                 f"{summary} (pass --skip-bad / skip_bad=True to skip them):\n" + "\n".join(problems)
             )
-        if not kept:
+        if not n_good:
             raise DatasetError(f"{summary}, none left to use:\n" + "\n".join(problems))
         warnings.warn(
-            f"{summary}; skipping them and keeping {len(kept)}: " + "; ".join(problems[:_SHOW])
+            f"{summary}; skipping them and keeping {n_good}: " + "; ".join(problems[:_SHOW])
             + (f"; and {len(problems) - _SHOW} more" if len(problems) > _SHOW else ""),
             stacklevel=2,
         )
     n = len(kept)
     return images[:n], masks[:n], kept, report
+
+
+def scan_dataset(data_dir, image_size, channels=3, masks_suffix="", task=None, skip_bad=False, **load_kwargs):
+    """`find_pairs` then `load_pairs`, with every problem of both (pairing and decoding) in one
+    `DatasetError`, so one run lists everything to fix. Returns what `load_pairs` returns
+    (`load_kwargs`: its intensity / slice_axis / empty_slices)."""
+    pairing = []
+    pairs = find_pairs(data_dir, masks_suffix=masks_suffix, skip_bad=skip_bad, collect=None if skip_bad else pairing)
+    if not pairing:
+        return load_pairs(pairs, image_size, channels=channels, task=task, skip_bad=skip_bad, **load_kwargs)
+    decoding = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            decoding = load_pairs(pairs, image_size, channels=channels, task=task, skip_bad=True, **load_kwargs)[3]["skipped"]
+    except DatasetError as err:  # nothing decodable either
+        decoding = str(err).splitlines()[1:]
+    summary = f"{data_dir}: {len(pairing)} pairing problem(s)" + (f" and {len(decoding)} unusable file(s)" if decoding else "")
+    raise DatasetError(f"{summary} (pass --skip-bad / skip_bad=True to skip them):\n" + "\n".join(pairing + decoding))
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,7 +594,8 @@ def split_stems(stems, fractions=(0.8, 0.1, 0.1), seed=42):
     The stems are sorted, shuffled with a Fisher-Yates shuffle driven by
     `random.Random(seed).random()` (whose sequence Python guarantees across versions), and cut
     into consecutive parts. Counts: ``round(n * fraction)`` for val and test, at least 1 for a
-    positive fraction, the rest for train (at least 1).
+    positive fraction, the rest for train (at least 1). The slices of one volume
+    (``<volume>#<slice>``, `medical_io`) stay together: the volumes are split, not the slices.
 
     Args:
         stems: iterable of unique stems.
@@ -509,6 +614,12 @@ def split_stems(stems, fractions=(0.8, 0.1, 0.1), seed=42):
     if len(set(stems)) != len(stems):
         dups = sorted({s for s in stems if stems.count(s) > 1})
         raise DatasetError(f"split_stems got duplicate stems: {_examples(dups)}")
+    volumes = {}
+    for stem in stems:
+        volumes.setdefault(stem.split(SLICE_SEPARATOR)[0], []).append(stem)
+    if len(volumes) < len(stems):  # slices of volumes: split the volumes
+        parts = split_stems(list(volumes), fractions, seed)
+        return {name: sorted(s for v in part for s in volumes[v]) for name, part in parts.items()}
     try:
         fractions = tuple(float(f) for f in fractions)
     except (TypeError, ValueError):
@@ -808,7 +919,8 @@ def make_dataset(images, masks, batch_size, augment=None, shuffle=False, seed=No
     """`tf.data` pipeline of ``(image, mask)`` batches for `model.fit`.
 
     ``from_tensor_slices`` (the uint8 arrays stay uint8 in memory) -> shuffle (whole dataset,
-    seeded, reshuffled each epoch) -> repeat -> batch -> map (image float32 in [0, 1], mask
+    seeded, reshuffled each epoch) -> repeat -> batch -> map (image float32 in [0, 1]: uint8
+    ``/ 255``, uint16 (an intensity recipe's) ``/ 65535``, mask
     float32 in {0, 1} with any non-zero value foreground, then ``augment`` per batch;
     ``num_parallel_calls=AUTOTUNE``, ordered) -> prefetch.
 
@@ -818,7 +930,7 @@ def make_dataset(images, masks, batch_size, augment=None, shuffle=False, seed=No
     to ``augment`` when it takes a ``seed`` argument (like `augmenter`'s callable).
 
     Args:
-        images: uint8 ``(N, H, W, C)`` (or ``(N, H, W)``, treated as C=1).
+        images: uint8 or uint16 ``(N, H, W, C)`` (or ``(N, H, W)``, treated as C=1).
         masks: uint8 ``(N, H, W, 1)`` or ``(N, H, W)``.
         batch_size: int.
         augment: None or ``augment(image, mask[, seed]) -> (image, mask)`` on batches.
@@ -837,8 +949,9 @@ def make_dataset(images, masks, batch_size, augment=None, shuffle=False, seed=No
     """
     images = np.asarray(images)
     masks = np.asarray(masks)
-    if images.dtype != np.uint8:
-        raise ValueError(f"make_dataset expects uint8 images (0-255, as load_pairs returns), got {images.dtype}")
+    if images.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"make_dataset expects uint8 or uint16 images (as load_pairs returns), got {images.dtype}")
+    full_scale = 255.0 if images.dtype == np.uint8 else 65535.0  # intensity.to_float
     if images.ndim == 3:
         images = images[..., None]
     if masks.ndim == 3:
@@ -864,7 +977,12 @@ def make_dataset(images, masks, batch_size, augment=None, shuffle=False, seed=No
 
     def to_float(image, mask):
         mask = tf.cast(mask > 0, tf.float32) if binary else tf.cast(mask, tf.float32)
-        return tf.cast(image, tf.float32) / 255.0, mask
+        return tf.cast(image, tf.float32) / full_scale, mask
+
+    height, width = images.shape[1:3]
+
+    def static(batch):  # augmenting a batch of unknown size loses the static height and width
+        return tf.nest.map_structure(lambda t: tf.ensure_shape(t, [None, height, width, t.shape[-1]]), batch)
 
     if augment is None:
         ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -874,12 +992,12 @@ def make_dataset(images, masks, batch_size, augment=None, shuffle=False, seed=No
 
         def fn(batch, call_seed):
             image, mask = to_float(*batch)
-            return augment(image, mask, seed=call_seed)
+            return static(augment(image, mask, seed=call_seed))
 
         ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         def fn(image, mask):
-            return augment(*to_float(image, mask))
+            return static(augment(*to_float(image, mask)))
 
         ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

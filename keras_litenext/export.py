@@ -18,16 +18,20 @@ import collections
 import math
 import os
 import re
+import sys
+import tempfile
 import time
+import types
 
 import numpy as np
 
+from keras_litenext.intensity import Intensity, to_float
 from keras_litenext.runs import RunError, file_run, open_source
 from keras_litenext.tasks import get_task
 from keras_litenext.tflite import (
     IO_TYPES,
     ConversionError,
-    convert,
+    convert_phone,
     inspect_tflite,
     io_details,
     run_tflite,
@@ -40,10 +44,12 @@ __all__ = [
     "FILE_KINDS",
     "ConversionError",
     "ExportError",
+    "Exported",
     "Source",
     "classification_gate",
     "dice_drops",
     "evaluate_tflite",
+    "export",
     "export_run",
     "io_contract",
     "load_source",
@@ -118,12 +124,13 @@ def evaluate_tflite(model, images, masks, task=None, threshold=0.5, empty="skip"
 
     Args:
         model: path or bytes of the file.
-        images: `(N, H, W, C)` float images in [0, 1] (uint8 is divided by 255).
+        images: `(N, H, W, C)` float images in [0, 1] (uint8 is divided by 255); grey images
+            are repeated to RGB for the RGB file of a grey model.
         masks: `(N, H, W, 1)` label maps (binary {0, 1}, or class indices).
         task: a `keras_litenext.tasks` task; default: binary for a one-channel output, else
             multi-class with generic class names.
     """
-    logits = run_tflite(model, images, num_threads=num_threads, xnnpack=xnnpack)
+    logits = run_tflite(model, _file_input(np.asarray(images), model), num_threads=num_threads, xnnpack=xnnpack)
     task = task or _task_of_output(logits.shape[-1], logits.ndim)
     return score_logits(task, masks, logits, threshold=threshold, empty=empty, hd95=hd95)
 
@@ -133,7 +140,7 @@ def _predict(model, images, batch_size=8):
     for a QAT graph), which costs more than it saves on a test split."""
     import keras
 
-    x = images.astype(np.float32) / 255.0
+    x = to_float(images)
     return np.concatenate([keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)])
 
 
@@ -167,7 +174,7 @@ split arrays `{"train"|"val"|"test": (uint8 images, uint8 label masks (N, H, W, 
 `meta` (`{"run", "model_path", "data"}`)."""
 
 
-def load_source(source, data=None):
+def load_source(source, data=None, settings=None):
     """A `Source` for a run folder of `training/fit.py`, or a `.keras` file with `data`.
 
     A run folder is read with `runs.Run` (settings, task, `splits.json`); `data` overrides its
@@ -188,7 +195,7 @@ def load_source(source, data=None):
         model, run = open_source(source, data=None if data is None else os.fspath(data))
         model_path = run.file("best.keras") if run is not None else source
         if run is None:
-            run = file_run(model, os.fspath(data))
+            run = file_run(model, os.fspath(data), **(settings or {}))
     except (FileNotFoundError, RunError) as err:
         raise ExportError(_first_line(err)) from None
     except ValueError as err:  # class names / task settings that do not fit the model or data
@@ -290,7 +297,9 @@ def io_contract(path, model_name, kind, config, meta, task=None):
     inp, out = details["input"], details["output"]
     task = task or _task_of_output(out["shape"][-1], len(out["shape"]))
     _, height, width, channels = inp["shape"]
-    color = "RGB" if channels == 3 else "grey (one channel)"
+    grey_model = _setting(config, "channels") == 1 and channels == 3
+    color = ("RGB; the model is grey: the file averages R, G and B (give a grey image as R = G = B)" if grey_model
+             else "RGB" if channels == 3 else "grey (one channel)")
     if inp["dtype"] in ("int8", "uint8"):
         s, z = inp["scale"], inp["zero_point"]
         exact = abs(s * 255.0 - 1.0) < 1e-6
@@ -301,6 +310,13 @@ def io_contract(path, model_name, kind, config, meta, task=None):
         )
     else:
         pixels = "x = p / 255 (float32 in [0, 1]) for a pixel value p in 0..255"
+    recipe = Intensity.from_dict(_setting(config, "intensity"))
+    preprocess = "no mean/std normalisation: the network was trained on pixels / 255"
+    if recipe.kind != "uint8":  # the input x in [0, 1] comes from the recipe, not from p / 255
+        pixels = (f"q = round(x / {inp['scale']:.9g}) + ({inp['zero_point']}), clipped to the {inp['dtype']} range, "
+                  "for the input x in [0, 1] of the intensity recipe" if inp["dtype"] in ("int8", "uint8")
+                  else "x in [0, 1] (float32) of the intensity recipe")
+        preprocess = f"map the stored values with the intensity recipe ({recipe.formula()})"
     wording = task.contract()
     return {
         "model": model_name,
@@ -319,9 +335,11 @@ def io_contract(path, model_name, kind, config, meta, task=None):
             "color": color,
             "from_camera_pixels": pixels,
             "preprocess": f"resize the image to {width}x{height} ({'RGB channel order' if channels == 3 else 'grey'}); "
-            "no mean/std normalisation: the network was trained on pixels / 255",
+            + preprocess,
+            "intensity": recipe.contract(),
         },
         "output": {**out, **_output_contract(out, task)},
+        "metadata": _metadata_summary(inp, task, _setting(config, "intensity")),
         "trained_on": {
             "data": meta.get("data"),
             "run": meta.get("run"),
@@ -330,12 +348,50 @@ def io_contract(path, model_name, kind, config, meta, task=None):
     }
 
 
+def _metadata_summary(inp, task, intensity=None):
+    """What the TFLite metadata inside the file says (`keras_litenext.metadata`), for the contract."""
+    from keras_litenext.metadata import LABELS_FILE, input_normalization
+
+    mean, std = input_normalization(inp["dtype"], intensity)
+    section = {"labels_file": LABELS_FILE, "normalization": {"mean": mean, "std": std}, "color_space": "RGB",
+               "reader": "MediaPipe Tasks: " + ("ImageClassifier" if _is_classification(task) else "ImageSegmenter")}
+    if not _is_classification(task):
+        section["activation"] = "SIGMOID" if task.output_channels == 1 else "SOFTMAX"
+    return section
+
+
+def _description(name, kind, task, config, meta, file_test, float_test):
+    """The metadata's description: model, file kind, task and classes, training data, metrics."""
+    classes = ", ".join(task.class_names)
+    data = os.path.basename(str(meta.get("data") or "").rstrip("/\\")) or "unknown data"
+    size = _setting(config, "image_size")
+    if _is_classification(task):
+        metrics = (f"test accuracy {_fmt(file_test.get('accuracy'))}, macro AUC {_fmt(file_test.get('auc'))} "
+                   f"(float Keras model: {_fmt(float_test.get('accuracy'))}, {_fmt(float_test.get('auc'))})")
+        what = f"image classification ({classes}); output: {task.num_classes} logits, arg-max = class"
+    else:
+        metrics = (f"test Dice {_fmt(_mean(file_test, 'dice'))}, IoU {_fmt(_mean(file_test, 'iou'))} "
+                   f"(float Keras model: Dice {_fmt(_mean(float_test, 'dice'))})")
+        what = (f"{task.name} segmentation ({classes}); output: "
+                + ("one logit per pixel, sigmoid" if task.output_channels == 1 else f"{task.output_channels} logits per pixel, softmax"))
+    recipe = Intensity.from_dict(_setting(config, "intensity"))
+    mapping = "" if recipe.kind == "uint8" else f" Input: the intensity recipe {recipe.formula()}."
+    return (f"{name} ({FILE_KINDS.get(kind, kind)}): {what}. Trained on {data} at {size}x{size} px.{mapping} "
+            f"This file on the test split (LiteRT): {metrics}. Made with keras-litenext.")
+
+
+def _file_input(images, path):
+    """Images as the file takes them: grey repeated to RGB for a grey model's RGB file."""
+    channels = io_details(path)["input"]["shape"][-1]
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 and channels == 3 else images
+
+
 # ----------------------------------------------------------------------------------------------
 # Report and quality gate
 # ----------------------------------------------------------------------------------------------
 def _file_report(path, kind, images, masks, task, threads):
     info = inspect_tflite(path)
-    result = evaluate_tflite(path, images.astype(np.float32) / 255.0, masks, task=task, num_threads=threads, xnnpack=True)
+    result = evaluate_tflite(path, to_float(images), masks, task=task, num_threads=threads, xnnpack=True)
     return {
         "file": os.path.basename(path),
         "kind": kind,
@@ -449,9 +505,9 @@ def _headline(task, test):
     return f"test Dice {test['dice']['mean']:.4f}"
 
 
-def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1e-5, data=None, num_calibration=200,
+def export_run(source, output=None, name=None, io="uint8_float", qat_epochs=3, qat_lr=1e-5, data=None, num_calibration=200,
                max_dice_drop=0.5, max_class_drop=1.0, threads=2, verbose=1, log=print, kinds=None,
-               max_accuracy_drop=1.0, max_auc_drop=0.01):
+               max_accuracy_drop=1.0, max_auc_drop=0.01, metadata=True, settings=None, int8_mode="cpu"):
     """Convert a trained model to every deployable TFLite file, evaluate them and write a report.
 
     Writes to `output` (default `<run>/tflite`):
@@ -462,6 +518,11 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
     - `<name>_fp16.tflite`, `<name>_fp32.tflite`;
     - `<file>.json` beside each: its I/O contract (`io_contract`: classes, pixel formula,
       output decoding);
+    - inside every `.tflite`: TFLite metadata for MediaPipe Tasks (`keras_litenext.metadata`:
+      normalisation, RGB input, the class names as `labels.txt`, the segmenter activation, a
+      description with the model, training data and this file's test metrics), and the class
+      names beside them as `<name>_labels.txt`. A grey model's files take RGB and average it
+      inside the graph (`tflite.phone_model`);
     - `<name>_qat.keras`: the QAT model (ranges included), which `convert` turns into the int8
       file again;
     - `report.json` and `report.md`: per file size, ops with dtypes, float-op count, XNNPACK
@@ -473,7 +534,8 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         source: run folder, or `.keras` file with `data`.
         output: output folder.
         name: file name prefix; defaults to the model's name.
-        io: int8 files' input/output type: "int8", "uint8" or "float".
+        io: int8 files' input/output type: "uint8_float" (default: uint8 camera pixels in,
+            float32 out, what MediaPipe reads), "int8", "uint8" or "float".
         qat_epochs: QAT fine-tuning epochs (0: calibration only).
         qat_lr: QAT peak learning rate.
         data: dataset folder (required with a `.keras` file; overrides a run's).
@@ -487,6 +549,13 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         log: callable for progress lines.
         kinds: the files to write, from `FILE_KINDS` (default all); "int8" is required, the
             gate judges it. Leaving out the comparison files saves their conversion.
+        metadata: write TFLite metadata into the files (needs MediaPipe's metadata writers;
+            `ExportError` naming the install line when they are missing). False leaves it out.
+        settings: run settings for a bare `.keras` file (`task`, `class_names`, ...), as
+            `runs.file_run` takes them.
+        int8_mode: `"cpu"` (default: the int8 ops XNNPACK lacks as float islands inside
+            XNNPACK, the fastest file on a CPU) or `"strict"` (every op int8, for NPUs and DSPs);
+            see `keras_litenext.tflite.convert`.
 
     Returns:
         the report dict (also in report.json), with `"gate": {"passed", "message", ...}`.
@@ -499,7 +568,13 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
         raise ExportError(f"io must be one of {IO_TYPES}, got {io!r}.")
     if qat_epochs < 0:
         raise ExportError(f"qat_epochs must be >= 0, got {qat_epochs}.")
-    model, run, arrays, meta = load_source(source, data=data)
+    if metadata:
+        from keras_litenext.metadata import MEDIAPIPE_HINT, mediapipe_available
+
+        if not mediapipe_available():
+            raise ExportError(f"TFLite metadata for MediaPipe needs MediaPipe's metadata writers: {MEDIAPIPE_HINT}; "
+                              "or export without metadata (--no-metadata).")
+    model, run, arrays, meta = load_source(source, data=data, settings=settings)
     config, task = run.config, run.task
     name = name or model.name
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -518,25 +593,46 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
     log(f"float Keras test {task.summary_line(float_result)}")
 
     files = []
+    float_test_summary = _metrics_summary(float_result, task)
+    if metadata:
+        labels_path = os.path.join(output, f"{name}_labels.txt")
+        with atomic_path(labels_path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("\n".join(task.class_names) + "\n")
 
     def emit(kind, build):
         path = os.path.join(output, f"{name}_{kind}.tflite")
         t0 = time.time()
         data_bytes = build()
         write_bytes(path, data_bytes)
-        write_json(os.path.join(output, f"{name}_{kind}.json"), io_contract(path, name, kind, config, meta, task))
+        contract = io_contract(path, name, kind, config, meta, task)
+        if not metadata:
+            contract.pop("metadata")
         entry = _file_report(path, kind, test_images, test_masks, task, threads)
+        if kind.startswith("int8"):  # what the file is: islands, or strict (asked for, or XNNPACK's fallback)
+            entry["int8_mode"] = "cpu" if entry["float_op_count"] else "strict"
+        if metadata:  # after scoring, so the description names this file's own test metrics
+            from keras_litenext.metadata import add_metadata
+
+            data_bytes, _ = add_metadata(data_bytes, task.class_names, getattr(task, "kind", "segmentation"), task.output_channels,
+                                         name=f"{name}_{kind}", input_dtype=entry["input"]["dtype"],
+                                         description=_description(name, kind, task, config, meta, entry["test"], float_test_summary),
+                                         intensity=_setting(config, "intensity"))
+            write_bytes(path, data_bytes)
+            entry["size_bytes"] = len(data_bytes)
+        write_json(os.path.join(output, f"{name}_{kind}.json"), contract)
         entry["convert_seconds"] = round(time.time() - t0, 1)
         files.append(entry)
         log(f"{os.path.basename(path)}: {len(data_bytes) / 1024:.0f} KiB, {entry['op_count']} ops, {entry['float_op_count']} float ops, "
             f"{entry['xnnpack']['partitions']} XNNPACK partitions, {_headline(task, entry['test'])}")
 
     if "fp32" in kinds:
-        emit("fp32", lambda: convert(model, "fp32"))
+        emit("fp32", lambda: convert_phone(model, "fp32"))
     if "fp16" in kinds:
-        emit("fp16", lambda: convert(model, "fp16"))
+        emit("fp16", lambda: convert_phone(model, "fp16"))
     if "int8_ptq" in kinds:
-        emit("int8_ptq", lambda: convert(model, "int8", representative_data=train_images, io=io, num_calibration=num_calibration))
+        emit("int8_ptq", lambda: convert_phone(model, "int8", representative_data=train_images, io=io, num_calibration=num_calibration,
+                                               int8_mode=int8_mode))
 
     log(f"QAT: calibrating, then fine-tuning {qat_epochs} epoch(s) at lr {qat_lr:g}, keeping the best {task.monitor}")
     from keras_litenext.qat_finetune import finetune_run
@@ -545,17 +641,20 @@ def export_run(source, output=None, name=None, io="int8", qat_epochs=3, qat_lr=1
     qat_result = score_logits(task, test_masks, _predict(qat, test_images))
     with atomic_path(os.path.join(output, f"{name}_qat.keras")) as tmp:
         qat.save(tmp)
-    emit("int8", lambda: convert(qat, "int8", representative_data=train_images, io=io, num_calibration=num_calibration))
+    emit("int8", lambda: convert_phone(qat, "int8", representative_data=train_images, io=io, num_calibration=num_calibration,
+                                       int8_mode=int8_mode))
 
-    float_test = _metrics_summary(float_result, task)
+    float_test = float_test_summary
     report = {
         "model": name,
         "task": task.name,
         "class_names": list(task.class_names),
         "source": meta,
-        "config": {k: _setting(config, k) for k in ("model", "data", "image_size", "channels", "masks_suffix", "mask_threshold", "loss", "batch_size")},
+        "config": {k: _setting(config, k) for k in ("model", "data", "image_size", "channels", "masks_suffix", "mask_threshold", "loss", "batch_size", "intensity")},
         "splits": sizes,
         "io": io,
+        "int8_mode": int8_mode,
+        "metadata": bool(metadata),
         "evaluation": (f"test split ({sizes['test']} images), accuracy, balanced accuracy and macro one-vs-rest ROC AUC"
                        if _is_classification(task) else
                        f"test split ({sizes['test']} images), per-image Dice/IoU/HD95"
@@ -770,3 +869,75 @@ def _files_markdown(report):
             lines.append(f"| {op} | {n} | {sig} |")
         lines.append("")
     return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# One call
+# ----------------------------------------------------------------------------------------------
+Exported = collections.namedtuple("Exported", "files paths report")
+Exported.__doc__ = """What `export` wrote: `files` (`{kind: .tflite path}`), `paths` (every file
+written: the `.tflite` files, their contracts, labels, the QAT model, report.json/md) and the
+`report` dict (also in report.json, with the quality gate)."""
+
+
+def export(model_or_run, output, formats=("int8", "fp16"), data=None, task=None, class_names=None, **options):
+    """Phone-ready TFLite files of a model or a run, in one call.
+
+        import keras_litenext
+        files, paths, report = keras_litenext.export(model, "out/", formats=("int8", "fp16"), data="data/nuclei")
+
+    Every file carries the TFLite metadata MediaPipe Tasks read (`ImageSegmenter` /
+    `ImageClassifier` load it as it is), its I/O contract beside it, and the report scores it
+    on the test split; the int8 file takes uint8 camera pixels and gives float32 logits.
+
+    Args:
+        model_or_run: a `keras.Model`, a `.keras` file or a run folder of `training/fit.py`.
+        output: the output folder.
+        formats: file kinds from `FILE_KINDS` (`"int8"`, `"int8_ptq"`, `"fp16"`, `"fp32"`);
+            `"int8"` is required (the quality gate judges it).
+        data: dataset folder (needed for a model or a `.keras` file: calibration, QAT and the
+            test split; a run folder brings its own).
+        task: for a model or a `.keras` file: `"binary"`, `"multiclass"`, `"classification"`,
+            or a `keras_litenext.tasks` task (default: read off the output channels, with
+            `classes.json` beside the data).
+        class_names: class names, class 0 first (default: from the task or the data).
+        **options: `export_run`'s other arguments (`io`, `qat_epochs`, `num_calibration`,
+            `max_dice_drop`, `name`, `metadata`, `verbose`, `log`, ...).
+
+    Returns:
+        `Exported(files, paths, report)`.
+    """
+    settings = {}
+    if task is not None:
+        settings["task"] = task if isinstance(task, str) else task.name
+        if not isinstance(task, str):
+            class_names = class_names or list(task.class_names)
+    if class_names is not None:
+        settings["class_names"] = [str(n) for n in class_names]
+    kinds = [formats] if isinstance(formats, str) else list(formats)
+    options.setdefault("log", lambda *a, **k: None)
+    options.setdefault("verbose", 0)
+    with tempfile.TemporaryDirectory(prefix="litenext-export-") as folder:
+        source = model_or_run
+        if hasattr(model_or_run, "save") and hasattr(model_or_run, "inputs"):  # a Keras model
+            source = os.path.join(folder, f"{model_or_run.name}.keras")
+            model_or_run.save(source)
+            options.setdefault("name", model_or_run.name)
+        if os.path.isdir(os.fspath(source)):
+            settings = None  # a run folder brings its task and classes
+        report = export_run(os.fspath(source), output=os.fspath(output), data=data, kinds=kinds, settings=settings or None, **options)
+    files = {e["kind"]: os.path.join(report["output"], e["file"]) for e in report["files"]}
+    written = ["report.json", "report.md", f"{report['model']}_qat.keras", f"{report['model']}_labels.txt"]
+    written += [f"{report['model']}_{k}{ext}" for k in files for ext in (".tflite", ".json")]
+    paths = sorted(p for p in (os.path.join(report["output"], n) for n in set(written)) if os.path.isfile(p))
+    return Exported(files, paths, report)
+
+
+class _CallableModule(types.ModuleType):
+    """`keras_litenext.export(...)` calls `export`; the module's names stay as they are."""
+
+    def __call__(self, *args, **kwargs):
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,6 +1,6 @@
 """Inference on images of any size, and loading of trained runs.
 
-A model trained at one size can segment an image of another size in three ways (`predict_image`):
+A model trained at one size can segment an image of another size in four ways (`predict_image`):
 
 - `"resize"`: resize to the training size, predict, resize the probabilities back (bilinear). Fast;
   the model sees the scale it was trained at, fine detail of large images is lost.
@@ -9,16 +9,26 @@ A model trained at one size can segment an image of another size in three ways (
 - `"tile"`: predict overlapping windows of the training size and average the probabilities
   (half-window stride). Objects keep their pixel size and the model only sees the context size
   it was trained on; cost grows with the image area.
+- `"gaussian"`: sliding windows of the training size, `overlap` apart (default 0.5), each
+  window's probabilities weighted by a Gaussian of sigma = 1/8 of the window per axis (the
+  importance map of nnU-Net and MONAI's `SlidingWindowInferer(mode="gaussian")`): a window's
+  border, where the network saw little context, counts less than its centre.
+
+`tta=True` adds flip test-time augmentation to any mode: the image is also predicted flipped
+left-right, up-down and both, the probabilities flipped back and averaged (4 passes).
 """
 
 import cv2
 import keras
 import numpy as np
 
+from keras_litenext.intensity import to_float
 from keras_litenext.metrics import summarize
 from keras_litenext.runs import open_source
 
-MODES = ("resize", "pad", "tile")
+MODES = ("resize", "pad", "tile", "gaussian")
+SIGMA_SCALE = 0.125  # the Gaussian window's sigma, as a fraction of the window size
+TTA_FLIPS = ((), (1,), (0,), (0, 1))  # image axes flipped: none, left-right, up-down, both
 
 
 def load_run(path):
@@ -64,7 +74,12 @@ def size_agnostic(model):
 
 
 def _predict(model, batch):
-    return np.asarray(model.predict_on_batch(np.asarray(batch, np.float32)), np.float32)
+    batch = np.asarray(batch, np.float32)
+    if any(d is None for d in model.input_shape[1:3]):
+        # a size-agnostic model runs eagerly: a traced call retraced for a second size has
+        # symbolic heights and widths, which Keras' bilinear UpSampling2D cannot take
+        return np.asarray(model(batch, training=False), np.float32)
+    return np.asarray(model.predict_on_batch(batch), np.float32)
 
 
 def _probabilities(logits):
@@ -75,7 +90,28 @@ def _probabilities(logits):
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def predict_image(model, image, mode="resize", dynamic_model=None, multiple=None):
+def gaussian_importance(height, width, sigma_scale=SIGMA_SCALE):
+    """`(height, width)` float32 window weights: a Gaussian centred on the window with sigma =
+    `sigma_scale` times the window size per axis, 1 at the centre (nnU-Net, MONAI)."""
+
+    def axis(n):
+        return np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2.0) / (sigma_scale * n)) ** 2)
+
+    weights = np.outer(axis(height), axis(width))
+    return (weights / weights.max()).astype(np.float32)
+
+
+def window_starts(size, window, overlap=0.5):
+    """Start offsets of sliding windows along one axis, evenly spaced from 0 to `size - window`
+    with a step of at most `window * (1 - overlap)` (nnU-Net's rule); `[0]` when the window covers it."""
+    if size <= window:
+        return [0]
+    target = max(1.0, window * (1.0 - overlap))
+    steps = int(np.ceil((size - window) / target)) + 1
+    return [round(i * (size - window) / (steps - 1)) for i in range(steps)]
+
+
+def predict_image(model, image, mode="resize", dynamic_model=None, multiple=None, overlap=0.5, tta=False):
     """Class probabilities `(H, W, channels)` for one float image `(H, W, C)` in `[0, 1]` of any
     size: the foreground probability (one channel, sigmoid) or the softmax over K classes.
 
@@ -85,12 +121,29 @@ def predict_image(model, image, mode="resize", dynamic_model=None, multiple=None
     Args:
         model: a trained model with a fixed input size (its training size).
         image: float32 array in `[0, 1]`, with the model's channel count.
-        mode: `"resize"`, `"pad"` or `"tile"` (see the module docstring).
+        mode: `"resize"`, `"pad"`, `"tile"` or `"gaussian"` (see the module docstring).
         dynamic_model: for `"pad"`, a `size_agnostic(model)` built once and reused.
         multiple: for `"pad"`, the size multiple (default: the model's registry spec).
+        overlap: for `"gaussian"`, the fraction of a window its neighbour overlaps, in [0, 1).
+        tta: average over the four flips (module docstring).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+    image = np.asarray(image, np.float32)
+    if tta:
+        total = None
+        for axes in TTA_FLIPS:
+            x = np.flip(image, axes) if axes else image
+            probs = _predict_image(model, np.ascontiguousarray(x), mode, dynamic_model, multiple, overlap)
+            probs = np.flip(probs, axes) if axes else probs
+            total = probs if total is None else total + probs
+        return total / np.float32(len(TTA_FLIPS))
+    return _predict_image(model, image, mode, dynamic_model, multiple, overlap)
+
+
+def _predict_image(model, image, mode, dynamic_model, multiple, overlap):
     h, w = image.shape[:2]
     th, tw = model.input_shape[1:3]
     if mode == "resize" or (h, w) == (th, tw):
@@ -103,6 +156,8 @@ def predict_image(model, image, mode="resize", dynamic_model=None, multiple=None
         ph, pw = -(-h // m) * m, -(-w // m) * m
         x = np.pad(image.reshape(h, w, -1), ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
         return _probabilities(_predict(dynamic_model or size_agnostic(model), x[None])[0, :h, :w])
+    if mode == "gaussian":
+        return _gaussian_windows(model, image.reshape(h, w, -1), th, tw, overlap)
     # tile: windows of the training size, stride half a window, probabilities averaged
     x = image.reshape(h, w, -1)
     ph, pw = max(h, th), max(w, tw)
@@ -122,6 +177,26 @@ def predict_image(model, image, mode="resize", dynamic_model=None, multiple=None
     return (acc / count)[:h, :w]
 
 
+def _gaussian_windows(model, x, th, tw, overlap, batch=8):
+    """Gaussian-weighted sliding windows (module docstring); images smaller than a window are
+    reflect-padded to it."""
+    h, w = x.shape[:2]
+    ph, pw = max(h, th), max(w, tw)
+    x = np.pad(x, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
+    weights = gaussian_importance(th, tw)[..., None]
+    windows = [(y0, x0) for y0 in window_starts(ph, th, overlap) for x0 in window_starts(pw, tw, overlap)]
+    acc, norm = None, np.zeros((ph, pw, 1), np.float32)
+    for i in range(0, len(windows), batch):
+        chunk = windows[i : i + batch]
+        probs = _probabilities(_predict(model, np.stack([x[y0 : y0 + th, x0 : x0 + tw] for y0, x0 in chunk])))
+        if acc is None:
+            acc = np.zeros((ph, pw, probs.shape[-1]), np.float32)
+        for (y0, x0), tile in zip(chunk, probs):
+            acc[y0 : y0 + th, x0 : x0 + tw] += weights * tile
+            norm[y0 : y0 + th, x0 : x0 + tw] += weights
+    return (acc / norm)[:h, :w]
+
+
 def _starts(size, window):
     if size <= window:
         return [0]
@@ -132,24 +207,61 @@ def _starts(size, window):
     return starts
 
 
-def evaluate_native(model, images, masks, mode="resize", task=None):
+def evaluate_native(model, images, masks, mode="resize", task=None, overlap=0.5, tta=False, spacing=None, **score_kwargs):
     """Per-image metrics at each image's own resolution, predicting with `predict_image`.
 
     Args:
         model: a trained model (fixed input size).
-        images, masks: lists of uint8 arrays `(H_i, W_i, C)` and `(H_i, W_i, 1)` label maps
-            (from `data.load_pairs(pairs, image_size=None, task=...)`).
-        mode: `"resize"`, `"pad"` or `"tile"`.
+        images, masks: lists of arrays `(H_i, W_i, C)` (uint8, or uint16 of an intensity
+            recipe) and `(H_i, W_i, 1)` label maps (from `data.load_pairs(pairs, image_size=None, task=...)`).
+        mode: `"resize"`, `"pad"`, `"tile"` or `"gaussian"`.
         task: the run's task (default: read off the model's outputs).
+        overlap, tta: as in `predict_image`.
+        spacing: None, or one `(row, column)` pixel size per image (HD95, areas in those units).
+        **score_kwargs: passed to `task.scores` (e.g. `areas=True`, `surface=True`).
 
     Returns:
-        the dict of `metrics.summarize`, plus `"per_image"` lists.
+        the dict of `metrics.summarize`, plus `"per_image"` lists and `"predict_seconds"` (the
+        prediction time of all images, scoring excluded).
     """
+    import time
+
     task = task or task_of(model)
     dynamic = size_agnostic(model) if mode == "pad" else None
-    scores = {}
-    for image, mask in zip(images, masks):
-        probs = predict_image(model, image.astype(np.float32) / 255.0, mode=mode, dynamic_model=dynamic)
-        for name, value in task.scores(mask[None], probs[None], from_logits=False).items():
+    scores, seconds = {}, 0.0
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        start = time.perf_counter()
+        probs = predict_image(model, to_float(image), mode=mode, dynamic_model=dynamic, overlap=overlap, tta=tta)
+        seconds += time.perf_counter() - start
+        kwargs = dict(score_kwargs, spacing=None if spacing is None else spacing[i])
+        for name, value in task.scores(mask[None], probs[None], from_logits=False, **kwargs).items():
             scores.setdefault(name, []).append(float(np.asarray(value)[0]))
-    return {**summarize(scores), "per_image": scores}
+    return {**summarize(scores), "per_image": scores, "predict_seconds": round(seconds, 3)}
+
+
+def predict_slices(model, slices, labels_fn, intensity=None, **predict_kwargs):
+    """Label maps `(S, H, W)` of the slices of a DICOM/NIfTI file (`medical_io.read_slices`),
+    each mapped by the run's intensity recipe as in training and predicted with `predict_image`.
+
+    Args:
+        model: the trained model.
+        slices: a `medical_io.Slices`.
+        labels_fn: probabilities `(H, W, K)` -> label map `(H, W)` (the task's rule, the threshold).
+        intensity: the run's `intensity.Intensity` (default: 8-bit).
+        **predict_kwargs: `mode`, `dynamic_model`, `overlap`, `tta` of `predict_image`.
+    """
+    from keras_litenext.intensity import Intensity
+    from keras_litenext.medical_io import _rgb_channels
+
+    recipe = intensity or Intensity()
+    channels = int(model.input_shape[-1])
+    out = []
+    for raw in slices.array:
+        if slices.rgb:
+            raw = _rgb_channels(raw, channels)
+        x = to_float(recipe.to_array(raw, slices.window, slices.invert))
+        x = x[..., None] if x.ndim == 2 else x
+        if x.shape[-1] == 1 and channels == 3:
+            x = np.repeat(x, 3, axis=-1)
+        out.append(labels_fn(predict_image(model, x, **predict_kwargs)))
+    return np.stack(out)

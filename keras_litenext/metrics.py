@@ -376,12 +376,9 @@ def _surface(mask):
 
 
 def _distance_to(surface, spacing):
-    """Euclidean distance of every pixel to the nearest `surface` pixel, in pixels or `spacing` units."""
-    if spacing is None or spacing[0] == spacing[1]:
-        dist = cv2.distanceTransform((~surface).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        dist = dist.astype(np.float64)
-        return dist if spacing is None else dist * spacing[0]
-    from scipy import ndimage  # anisotropic pixels only; cv2's transform assumes square ones
+    """Exact Euclidean distance of every pixel to the nearest `surface` pixel, in pixels or
+    `spacing` units (SciPy's `distance_transform_edt`, anisotropic pixels included)."""
+    from scipy import ndimage
 
     return ndimage.distance_transform_edt(~surface, sampling=spacing)
 
@@ -395,6 +392,50 @@ def _check_spacing(spacing):
     return spacing
 
 
+def _spacing_rows(spacing, n):
+    """One `(row, column)` spacing (or None) per image from None, one pair, or `n` pairs."""
+    if spacing is None:
+        return [None] * n
+    array = np.asarray(spacing, np.float64)
+    if array.ndim == 2:
+        if array.shape != (n, 2):
+            raise ValueError(f"per-image spacing must have shape ({n}, 2), got {array.shape}.")
+        return [_check_spacing(row) for row in array]
+    return [_check_spacing(spacing)] * n
+
+
+def surface_distances(truth, prediction, spacing=None):
+    """`(predicted surface -> true surface, true surface -> predicted surface)` distances of two
+    non-empty binary masks (surfaces as in `hausdorff95`), in pixels or `spacing` units."""
+    surface_true, surface_pred = _surface(truth), _surface(prediction)
+    return _distance_to(surface_true, spacing)[surface_pred], _distance_to(surface_pred, spacing)[surface_true]
+
+
+def average_surface_distance(truth, prediction, spacing=None, empty="skip"):
+    """Average symmetric surface distance (ASSD): the mean over both surfaces' pixels of the
+    distance to the other surface (MONAI's `compute_average_surface_distance(symmetric=True)`).
+    Empty masks as in `hausdorff95`."""
+    truth, prediction, spacing, worst = _surface_args(truth, prediction, spacing)
+    if not truth.any():
+        return math.nan if empty == "skip" else (0.0 if not prediction.any() else worst)
+    if not prediction.any():
+        return worst
+    to_true, to_pred = surface_distances(truth, prediction, spacing)
+    return float(np.concatenate([to_true, to_pred]).mean())
+
+
+def _surface_args(truth, prediction, spacing):
+    truth = np.asarray(truth).astype(bool)
+    prediction = np.asarray(prediction).astype(bool)
+    if truth.ndim != 2 or truth.shape != prediction.shape:
+        raise ValueError(
+            f"surface metrics need two masks (height, width) of one shape, got {truth.shape}, {prediction.shape}."
+        )
+    spacing = _check_spacing(spacing)
+    sy, sx = spacing or (1.0, 1.0)
+    return truth, prediction, spacing, math.hypot(truth.shape[0] * sy, truth.shape[1] * sx)
+
+
 def hausdorff95(truth, prediction, spacing=None, empty="skip"):
     """95th-percentile symmetric Hausdorff distance between two binary 2-D masks.
 
@@ -402,37 +443,29 @@ def hausdorff95(truth, prediction, spacing=None, empty="skip"):
     distances from each true surface pixel to the predicted surface)`, MONAI's
     `compute_hausdorff_distance(percentile=95)`. Surface pixels are mask pixels with one of their
     8 neighbours outside the mask (pixels on the image edge included); distances are exact
-    Euclidean (`cv2.distanceTransform`, `DIST_MASK_PRECISE`). Empty masks: see the module
-    docstring.
+    Euclidean (SciPy's `distance_transform_edt`). Empty masks: see the module docstring.
 
     Args:
         truth, prediction: boolean (or 0/1) arrays `(height, width)`.
         spacing: optional `(row, column)` pixel size (e.g. millimetres); distances are in pixels
-            when None. Unequal sizes use SciPy's exact transform (`scipy` must be installed).
+            when None, and may differ per axis.
         empty: `"skip"` (an empty truth gives NaN) or `"score"` (0 if the prediction is empty too,
             else the image diagonal).
 
     Returns:
         float.
     """
-    truth = np.asarray(truth).astype(bool)
-    prediction = np.asarray(prediction).astype(bool)
-    if truth.ndim != 2 or truth.shape != prediction.shape:
-        raise ValueError(
-            f"hausdorff95 needs two masks (height, width) of one shape, got {truth.shape}, {prediction.shape}."
-        )
-    spacing = _check_spacing(spacing)
-    sy, sx = spacing or (1.0, 1.0)
-    diagonal = math.hypot(truth.shape[0] * sy, truth.shape[1] * sx)
+    try:
+        truth, prediction, spacing, diagonal = _surface_args(truth, prediction, spacing)
+    except ValueError as err:
+        raise ValueError(str(err).replace("surface metrics need", "hausdorff95 needs")) from None
     if not truth.any():
         if empty == "skip":
             return math.nan
         return 0.0 if not prediction.any() else diagonal
     if not prediction.any():
         return diagonal
-    surface_true, surface_pred = _surface(truth), _surface(prediction)
-    to_true = _distance_to(surface_true, spacing)[surface_pred]
-    to_pred = _distance_to(surface_pred, spacing)[surface_true]
+    to_true, to_pred = surface_distances(truth, prediction, spacing)
     return float(max(np.percentile(to_true, 95), np.percentile(to_pred, 95)))
 
 
@@ -481,6 +514,8 @@ def per_image_scores(
     class_names=None,
     hd95=True,
     spacing=None,
+    areas=False,
+    surface=False,
 ):
     """Dice, IoU, precision, recall and HD95 of every image, as NumPy arrays.
 
@@ -503,36 +538,53 @@ def per_image_scores(
         class_names: for `K > 1`, `K` names with the background first (sanitised as in
             `get_metrics`); defaults to `("background", "class1", ...)`.
         hd95: bool, whether to compute the HD95 (`hausdorff95`). Defaults to True.
-        spacing: optional `(row, column)` pixel size for the HD95; pixels when None.
+        spacing: optional `(row, column)` pixel size for the HD95, ASSD and areas (e.g. mm), one
+            pair for all images or one per image `(n, 2)`; pixels when None.
+        areas: add `"area_true"` / `"area_pred"` (binary; for `K > 1` per class,
+            `f"area_true_{class_name}"` ...): the pixel count times the pixel area (mm² with a
+            spacing in mm), every image counted (0 for an absent class).
+        surface: add `"assd"` (`average_surface_distance`, same empty policy as the HD95).
 
     Returns:
         dict of float64 arrays of shape `(n,)`: `"dice"`, `"iou"`, `"precision"`, `"recall"`,
         `"hd95"`, and for `K > 1` then `f"{metric}_{class_name}"` for every metric and
-        foreground class.
+        foreground class; then the areas and ASSD when asked for.
     """
     threshold = _check_args(threshold, empty, from_logits)
-    spacing = _check_spacing(spacing)
     masks = np.asarray(masks)
     logits = np.asarray(logits, dtype=np.float32)
     k = int(logits.shape[-1]) if logits.ndim == 4 else 1
     n = masks.shape[0] if masks.ndim else 0
+    rows = _spacing_rows(spacing, n)
     if k > 1:
-        return _multiclass_scores(masks, logits, k, empty, class_names, hd95, spacing)
+        return _multiclass_scores(masks, logits, k, empty, class_names, hd95, rows, areas, surface)
     if logits.shape[0] != n or logits.size != masks.size:
         raise ValueError(f"masks {masks.shape} and logits {logits.shape} do not describe the same images.")
     gt = masks.reshape(n, -1).astype(np.float32) > 0.5
     pred = logits.reshape(n, -1) > np.float32(_logit_threshold(threshold, from_logits))
-    scores = _overlap_scores(*_binary_counts(gt, pred), empty)
-    if hd95:
+    counts = _binary_counts(gt, pred)
+    scores = _overlap_scores(*counts, empty)
+    if hd95 or surface:
         if masks.ndim < 3:
             raise ValueError(f"hd95 needs masks of shape (n, height, width[, 1]), got {masks.shape}.")
         shape = masks.shape[1:3]
         gt, pred = gt.reshape((n, *shape)), pred.reshape((n, *shape))
-        scores["hd95"] = np.array([hausdorff95(g, p, spacing, empty) for g, p in zip(gt, pred)], np.float64)
+    if hd95:
+        scores["hd95"] = np.array([hausdorff95(g, p, s, empty) for g, p, s in zip(gt, pred, rows)], np.float64)
+    if areas:
+        pixel = _pixel_areas(rows)
+        scores["area_true"], scores["area_pred"] = counts[2] * pixel, counts[1] * pixel
+    if surface:
+        scores["assd"] = np.array([average_surface_distance(g, p, s, empty) for g, p, s in zip(gt, pred, rows)], np.float64)
     return scores
 
 
-def _multiclass_scores(masks, logits, k, empty, class_names, hd95, spacing):
+def _pixel_areas(rows):
+    """`(n,)` area of one pixel per image (1 where the spacing is unknown)."""
+    return np.array([1.0 if s is None else s[0] * s[1] for s in rows], np.float64)
+
+
+def _multiclass_scores(masks, logits, k, empty, class_names, hd95, rows, areas=False, surface=False):
     names = class_names_for(k, class_names)
     n, height, width = logits.shape[:3]
     if masks.ndim == 4 and masks.shape[-1] == k:
@@ -546,23 +598,35 @@ def _multiclass_scores(masks, logits, k, empty, class_names, hd95, spacing):
     classes = np.arange(1, k)
     gt_c = labels.reshape(n, 1, -1) == classes[None, :, None]  # (n, K-1, pixels)
     pred_c = pred.reshape(n, 1, -1) == classes[None, :, None]
-    per_class = _overlap_scores(*_binary_counts(gt_c, pred_c), empty)  # each (n, K-1)
-    if hd95:
-        shape = (height, width)
-        per_class["hd95"] = np.array(
-            [
-                [
-                    hausdorff95(gt_c[i, j].reshape(shape), pred_c[i, j].reshape(shape), spacing, empty)
-                    for j in range(k - 1)
-                ]
-                for i in range(n)
-            ],
+    counts = _binary_counts(gt_c, pred_c)
+    per_class = _overlap_scores(*counts, empty)  # each (n, K-1)
+    shape = (height, width)
+
+    def per_image_class(fn):
+        return np.array(
+            [[fn(gt_c[i, j].reshape(shape), pred_c[i, j].reshape(shape), rows[i], empty) for j in range(k - 1)] for i in range(n)],
             np.float64,
         ).reshape(n, k - 1)
-    scores = {metric: _nanmean_rows(values) for metric, values in per_class.items()}
+
+    if hd95:
+        per_class["hd95"] = per_image_class(hausdorff95)
+    if surface:
+        per_class["assd"] = per_image_class(average_surface_distance)
+    scores = {metric: _nanmean_rows(values) for metric, values in per_class.items() if metric != "assd"}
     for metric, values in per_class.items():
+        if metric == "assd":
+            continue
         for j, name in enumerate(names[1:]):
             scores[f"{metric}_{name}"] = values[:, j].copy()
+    if areas:
+        pixel = _pixel_areas(rows)[:, None]
+        for j, name in enumerate(names[1:]):
+            scores[f"area_true_{name}"] = counts[2][:, j] * pixel[:, 0]
+            scores[f"area_pred_{name}"] = counts[1][:, j] * pixel[:, 0]
+    if surface:
+        scores["assd"] = _nanmean_rows(per_class["assd"])
+        for j, name in enumerate(names[1:]):
+            scores[f"assd_{name}"] = per_class["assd"][:, j].copy()
     return scores
 
 
@@ -611,6 +675,8 @@ def evaluate_model(
     class_names=None,
     hd95=True,
     spacing=None,
+    areas=False,
+    surface=False,
 ):
     """Runs a model over a test set and returns the per-image scores of `per_image_scores`.
 
@@ -626,7 +692,9 @@ def evaluate_model(
         from_logits: bool, whether the model outputs logits (default) or probabilities.
         class_names: for `K > 1` outputs, `K` names, background first.
         hd95: bool, whether to compute the HD95. Defaults to True.
-        spacing: optional `(row, column)` pixel size for the HD95.
+        spacing: optional `(row, column)` pixel size for the HD95 (ASSD, areas), or one per
+            image `(n, 2)` with `(images, masks)` arrays.
+        areas, surface: as in `per_image_scores`.
 
     Returns:
         dict: `{"dice": {"mean", "std"}, "iou": ..., "precision": ..., "recall": ..., "hd95": ...,
@@ -655,6 +723,8 @@ def evaluate_model(
             class_names=class_names,
             hd95=hd95,
             spacing=spacing,
+            areas=areas,
+            surface=surface,
         )
         for name, values in scores.items():
             collected.setdefault(name, []).append(values)
@@ -805,6 +875,7 @@ __all__ = [
     "MultiClassScore",
     "PrecisionScore",
     "RecallScore",
+    "average_surface_distance",
     "class_names_for",
     "classification_metrics",
     "classification_scores",
@@ -816,4 +887,43 @@ __all__ = [
     "per_image_scores",
     "roc_auc",
     "summarize",
+    "surface_distances",
+    "volumes",
 ]
+
+
+def volumes(stems, per_image, thickness):
+    """Per-volume totals of the per-image areas (`per_image_scores(..., areas=True)`): the slices
+    of a volume are the stems ``<volume>#<slice>`` (`medical_io`), each area times its slice
+    thickness; in millilitres when areas are in mm² and thicknesses in mm.
+
+    Args:
+        stems: the stem of every image, in the order of `per_image`'s lists.
+        per_image: `{"area_true": [...], "area_pred": [...], ...}` (per class: `area_true_<class>`).
+        thickness: `{stem: slice thickness}`; volumes with a slice of unknown thickness are left out.
+
+    Returns:
+        `{volume: {"slices": n, "<key>_ml": value, ...}}`, one `true`/`pred` pair per area key
+        (`area_true` -> `true_ml`, `area_pred_<class>` -> `pred_<class>_ml`).
+    """
+    keys = [k for k in per_image if k.startswith(("area_true", "area_pred"))]
+    out = {}
+    for i, stem in enumerate(stems):
+        volume, sep, _ = str(stem).partition("#")
+        if not sep:
+            continue
+        entry = out.setdefault(volume, {"slices": 0, **{k: 0.0 for k in keys}})
+        dz = thickness.get(stem)
+        if entry.get("unknown") or dz is None:
+            entry["unknown"] = True
+            continue
+        entry["slices"] += 1
+        for k in keys:
+            entry[k] += float(per_image[k][i]) * float(dz)
+    result = {}
+    for volume, entry in out.items():
+        if entry.pop("unknown", False):
+            continue
+        result[volume] = {"slices": entry.pop("slices"),
+                          **{k.replace("area_", "") + "_ml": round(v / 1000.0, 6) for k, v in entry.items()}}
+    return result

@@ -11,6 +11,7 @@ import math
 import keras
 import numpy as np
 
+from keras_litenext.intensity import to_float
 from keras_litenext.quantization import (
     calibrate,
     choose_rsqrt_quantile,
@@ -158,7 +159,7 @@ def val_score_fn(task, images, masks, batch_size=8):
     `quantization.choose_rsqrt_quantile` ranks candidates by; for a classification task the
     macro AUC of the labels `masks`. Runs the model eagerly, as calibration does, so each
     candidate costs no tracing."""
-    x = np.asarray(images).astype(np.float32) / 255.0
+    x = to_float(images)
 
     def score(model):
         logits = np.concatenate([

@@ -11,16 +11,20 @@
 | `history.csv`, `logs/`, `curves.png` | per-epoch values, TensorBoard logs, their plot |
 | `metrics.json`, `test_overlays.png` | test-split metrics, overlays (segmentation) |
 | `metrics.json`, `confusion_matrix.png`, `test_predictions.csv` | test-split scores, confusion matrix, per-image class probabilities (classification) |
-| `backup/` | `BackupAndRestore` state while training |
+| `backup/` | the training state of the last finished epoch, while training (`training.RunBackup`) |
+| `.lock` | held by the one process training into the folder (`Run.lock`) |
 | `tflite/` | exported files, their contracts and `report.md` (`tflite/convert.py`) |
 
 Every file is written atomically (`utils.atomic_path`).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import zipfile
 
+from keras_litenext import cli
 from keras_litenext.utils import write_json
 
 CONFIG = "config.json"
@@ -28,6 +32,29 @@ SPLITS = "splits.json"
 BEST = "best.keras"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
+LOCK = ".lock"
+
+# How each setting is checked (`TrainConfig.validate`); training/fit.py gives its flags the same types.
+SETTING_TYPES = {
+    "image_size": cli.positive_int,
+    "mask_threshold": cli.int_range(0, 65534),
+    "num_classes": cli.int_range(2),
+    "masks_suffix": cli.suffix(),
+    "split": cli.floats(count=3, low=0.0, total=1.0),
+    "batch_size": cli.positive_int,
+    "epochs": cli.positive_int,
+    "lr": cli.positive_float,
+    "weight_decay": cli.nonnegative_float,
+    "mwl_weights": cli.floats(count=3, low=0.0),
+    "mwl_kernel": cli.positive_int,
+    "class_weights": cli.floats(low=0.0),
+    "label_smoothing": cli.float_range(0.0, 1.0, high_open=True),
+    "serp_weight": cli.nonnegative_float,
+    "serp_decay": cli.float_range(0.0, 1.0),
+    "seed": cli.int_range(0, 2**32 - 1),
+    "slice_axis": cli.int_range(0, 2),
+    "empty_slices": cli.float_range(0.0, 1.0),
+}
 
 
 @dataclasses.dataclass
@@ -44,6 +71,9 @@ class TrainConfig:
     palette: dict | str | None = None  # colour masks: a JSON file, stored resolved as {"r,g,b": class}
     masks_suffix: str = ""
     mask_threshold: int = 0
+    intensity: dict | None = None  # the intensity recipe (`intensity.Intensity.to_dict()`); None: 8-bit (p / 255)
+    slice_axis: int = 2  # NIfTI volumes: the voxel axis the 2-D slices are taken along
+    empty_slices: float = 1.0  # DICOM/NIfTI volumes: fraction of the slices with an empty label that is kept
     splits: str | None = None  # a JSON file with "train"/"val"/"test" stems
     split: tuple = (0.8, 0.1, 0.1)
     batch_size: int = 8
@@ -80,9 +110,41 @@ class TrainConfig:
             raise ValueError(f"Unknown training setting(s): {', '.join(unknown)}.")
         values = dict(values)
         for key in ("split", "mwl_weights", "class_weights"):
-            if key in values and values[key] is not None:
+            if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         return cls(**values)
+
+    def validate(self):
+        """Check every setting's range and type (`SETTING_TYPES`), whether it came from a flag or
+        a settings file; a bad one is a `ValueError` naming its flag."""
+        for name, kind in SETTING_TYPES.items():
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, cli.check(f"--{name.replace('_', '-')}", kind, value))
+        if self.channels not in (1, 3):
+            raise ValueError(f"--channels: must be 1 or 3, got {self.channels!r}")
+        if self.schedule not in ("cosine", "plateau"):
+            raise ValueError(f"--schedule: must be cosine or plateau, got {self.schedule!r}")
+        for name in ("mixed_precision", "jit_compile"):
+            if getattr(self, name) not in ("auto", "on", "off", True, False):
+                raise ValueError(f"--{name.replace('_', '-')}: must be auto, on or off, got {getattr(self, name)!r}")
+        if self.intensity is not None:
+            from keras_litenext.intensity import Intensity
+
+            try:
+                self.intensity = Intensity.from_dict(self.intensity).to_dict()
+            except ValueError as err:
+                raise ValueError(f"--intensity: {err}") from None
+        if min(self.split) == 0:
+            raise ValueError(f"--split: each of train, val and test needs a fraction above 0, got {','.join(f'{v:g}' for v in self.split)}")
+        return self
+
+    @property
+    def recipe(self):
+        """The `intensity.Intensity` of these settings (8-bit when none is set)."""
+        from keras_litenext.intensity import Intensity
+
+        return Intensity.from_dict(self.intensity)
 
     @property
     def task_spec(self):
@@ -157,6 +219,18 @@ def _model_spec(name):
         return None
 
 
+def _lock_file(f):
+    """An exclusive, non-blocking lock on an open file (OSError when another process holds it)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 class RunError(ValueError):
     """A run folder that is missing, incomplete or unreadable (one line naming the path)."""
 
@@ -169,11 +243,55 @@ def load_model_file(path):
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist.")
+    problem = _keras_file_problem(path)
+    if problem:
+        raise RunError(f"{path}: {problem}")
     try:
         return keras.saving.load_model(path)
     except Exception as err:  # a corrupt or foreign file: one line, not a deep traceback
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        written = _keras_file_version(path)
+        if written and written != keras.__version__:
+            raise RunError(f"{path}: cannot load the model, written by Keras {written} (this is Keras {keras.__version__}): "
+                           f"{type(err).__name__}: {first[:300]}") from None
         raise RunError(f"{path}: cannot load the model ({type(err).__name__}: {first[:300]})") from None
+
+
+def _keras_file_problem(path):
+    """What is wrong with a `.keras` archive on its face (None when it looks whole)."""
+    if os.path.isdir(path):
+        return "is a folder, not a .keras file"
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes): not a .keras file (an interrupted save?)"
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head.startswith(b"PK"):
+            return f"is a truncated or damaged .keras archive ({size} bytes, its zip directory is missing)"
+        if head.startswith(b"\x89HDF"):
+            return "is an HDF5 file (a .h5 weights or legacy model file), not a .keras archive"
+        return f"is not a .keras file (a .keras file is a zip archive; this one is {size} bytes of something else)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            entries = set(z.namelist())
+            missing = [n for n in ("config.json", "metadata.json") if n not in entries]
+            if missing:
+                return f"is a zip archive but not a Keras model (no {', '.join(missing)} inside)"
+            bad = z.testzip()
+            if bad is not None:
+                return f"is a damaged .keras archive ({bad} inside fails its checksum)"
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"is a damaged .keras archive ({err})"
+    return None
+
+
+def _keras_file_version(path):
+    try:
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read("metadata.json")).get("keras_version")
+    except Exception:  # noqa: BLE001  (only a hint for the message)
+        return None
 
 
 class Run:
@@ -194,7 +312,7 @@ class Run:
     def create(cls, config):
         """A new run folder for `config` (its `output`): must be absent or empty."""
         out = config.output
-        if os.path.exists(out) and os.listdir(out):
+        if os.path.exists(out) and set(os.listdir(out)) - {LOCK}:
             raise FileExistsError(f"Run folder {out} is not empty: pass --resume to continue it, or another --output.")
         os.makedirs(out, exist_ok=True)
         run = cls(out, config)
@@ -217,6 +335,41 @@ class Run:
             raise RunError(f"{config_path}: unreadable run settings ({err}).") from None
         config.output = path
         return cls(path, config)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's lock file for the block: a second process gets a `RunError` at once
+        (never two writers). The lock is the operating system's (`flock`), so a killed process
+        leaves no stale lock behind."""
+        path = os.path.join(self.path, LOCK)
+        while True:
+            f = open(path, "a+", encoding="utf-8")
+            try:
+                _lock_file(f)
+            except OSError:
+                f.seek(0)
+                pid = f.read().strip() or "?"
+                f.close()
+                raise RunError(f"{self.path} is in use by another training process (pid {pid}, lock file {path}): "
+                               "wait for it to finish, or pass another --output.") from None
+            try:
+                same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+            except OSError:
+                same = False
+            if same:
+                break
+            f.close()  # the holder removed the file as we opened it: lock the new one
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            yield self
+        finally:
+            with contextlib.suppress(OSError):
+                if os.name == "posix":
+                    os.remove(path)  # while still held, so no waiter locks a removed file
+            f.close()
 
     # -- files ------------------------------------------------------------------------------
     def file(self, name):
@@ -294,9 +447,9 @@ class Run:
                 folder, size, channels=cfg.channels, class_names=self.task.class_names,
                 skip_bad=cfg.skip_bad if skip_bad is None else skip_bad)
             return images, labels, stems, report
-        pairs = data_lib.find_pairs(folder, masks_suffix=cfg.masks_suffix, skip_bad=cfg.skip_bad if skip_bad is None else skip_bad)
-        return data_lib.load_pairs(pairs, size, channels=cfg.channels, task=self.task,
-                                   skip_bad=cfg.skip_bad if skip_bad is None else skip_bad)
+        return data_lib.scan_dataset(folder, size, channels=cfg.channels, masks_suffix=cfg.masks_suffix, task=self.task,
+                                     skip_bad=cfg.skip_bad if skip_bad is None else skip_bad, intensity=cfg.recipe,
+                                     slice_axis=cfg.slice_axis, empty_slices=cfg.empty_slices)
 
     def arrays(self, image_size="train", data=None):
         """`{"train", "val", "test"}` → `(images, masks)` uint8 arrays (lists at native size);

@@ -22,7 +22,7 @@ Kinds of file:
   `keras_litenext.quantization` is converted with the ranges it learned (its FakeQuant ops);
   TF 2.21's converter still needs `representative_data` for it, so pass the same images.
   `io` picks the input/output type: `"int8"` (default), `"uint8"` or `"float"` (QUANTIZE /
-  DEQUANTIZE ops at the two ends). `TFLITE_BUILTINS_INT8` is enforced: conversion fails
+  DEQUANTIZE ops at the two ends), or `"uint8_float"` (uint8 in, float32 out: MediaPipe's). `TFLITE_BUILTINS_INT8` is enforced: conversion fails
   rather than leave a float op in the graph.
 
 Every file is written atomically (`keras_litenext.utils.atomic_path`): a failed conversion
@@ -31,15 +31,29 @@ leaves nothing under the final name.
 
 import collections
 import contextlib
+import copy
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
+from keras_litenext.intensity import to_float
 from keras_litenext.utils import atomic_path
 
 KINDS = ("fp32", "fp16", "int8")
-IO_TYPES = ("int8", "uint8", "float")
+INT8_MODES = ("cpu", "strict")
+# Ops that XNNPACK runs in float but not in int8 (its delegate's type checks, LiteRT 2026): in an
+# int8 file each one is an XNNPACK partition break, with a hand-over to the builtin kernels.
+ISLAND_OPS = ("RSQRT", "GELU", "SOFTMAX", "HARD_SWISH", "BATCH_MATMUL")
+# Ops it runs in int8 only when their scales fit (`float_islands`): a window of ratios, or the
+# same scale in and out (RELU).
+WINDOW_OPS = ("ADD", "SUB", "MUL", "RELU")
+IO_TYPES = ("int8", "uint8", "float", "uint8_float")
+# Input and output dtypes of an int8 file per `io`; "uint8_float" is what MediaPipe Tasks read
+# by default: camera pixels in, one float32 output (the int8 graph ends in a DEQUANTIZE).
+IO_DTYPES = {"int8": ("int8", "int8"), "uint8": ("uint8", "uint8"), "float": ("float32", "float32"),
+             "uint8_float": ("uint8", "float32")}
 # Ops that only convert between float and integer at the edges of an integer graph.
 BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
 # Ops that compute tensor sizes at run time (absent from a statically shaped graph).
@@ -47,15 +61,25 @@ DYNAMIC_SHAPE_OPS = ("SHAPE", "SIZE", "RANK", "BROADCAST_ARGS", "FILL", "RANGE",
 
 __all__ = [
     "BOUNDARY_OPS",
+    "INT8_MODES",
+    "ISLAND_OPS",
+    "WINDOW_OPS",
+    "IO_DTYPES",
     "IO_TYPES",
     "KINDS",
     "TFLiteRunner",
     "convert",
+    "convert_phone",
     "convert_to_file",
+    "apply_int8_mode",
+    "float_islands",
+    "xnnpack_accepts",
     "benchmark",
     "inspect_tflite",
     "io_details",
     "representative_dataset",
+    "phone_model",
+    "pin_uint8_input",
     "run_tflite",
     "xnnpack_partitions",
 ]
@@ -97,7 +121,7 @@ def representative_dataset(images, count=200, seed=0):
     def generate():
         for i in index:
             x = images[i]
-            x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+            x = to_float(x)  # uint8 / 255, uint16 (an intensity recipe's) / 65535
             yield [x[None]]
 
     return generate
@@ -121,7 +145,7 @@ def _quiet_native_stderr():
 
 
 def convert(model, kind="int8", representative_data=None, io="int8", input_shape=None, num_calibration=200, quiet=True,
-            rewrite=True):
+            rewrite=True, int8_mode="cpu"):
     """Convert a Keras model to TFLite and return the flatbuffer bytes.
 
     Args:
@@ -129,13 +153,19 @@ def convert(model, kind="int8", representative_data=None, io="int8", input_shape
         kind: `"fp32"`, `"fp16"` or `"int8"`.
         representative_data: `(N, H, W, C)` images (uint8 0-255 or float [0, 1]), needed for
             `"int8"` (PTQ calibration; the TF 2.21 converter also requires it for QAT models).
-        io: for `"int8"`: `"int8"` (default), `"uint8"` or `"float"` input and output.
+        io: for `"int8"`: `"int8"` (default), `"uint8"` or `"float"` input and output, or
+            `"uint8_float"`: uint8 input, float32 output (`IO_DTYPES`).
         input_shape: `(H, W, C)` to convert at, for a model built with a free size.
         num_calibration: images of `representative_data` used. Defaults to 200.
         quiet: hide the converter's native log output.
         rewrite: convert a float model through `quantization.deployment_model` (same math,
             ops that XNNPACK runs: one partition in float32 instead of three, and an int8
             graph without SQUARED_DIFFERENCE, which made PTQ files about 2x slower).
+        int8_mode: for `"int8"`: `"cpu"` (default) runs the ops that XNNPACK has in float only
+            (`ISLAND_OPS`: RSQRT, GELU, SOFTMAX, HARD_SWISH, BATCH_MATMUL,
+            and ADD/SUB/MUL/RELU whose scales XNNPACK rejects) as float islands inside the int8
+            graph (`float_islands`), so the whole file is one XNNPACK partition; `"strict"`
+            keeps every op int8, for accelerators that run pure int8 graphs (NPUs, DSPs).
 
     Returns:
         bytes of the `.tflite` file.
@@ -150,6 +180,8 @@ def convert(model, kind="int8", representative_data=None, io="int8", input_shape
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    if int8_mode not in INT8_MODES:
+        raise ValueError(f"int8_mode must be one of {INT8_MODES}, got {int8_mode!r}.")
     if io not in IO_TYPES:
         raise ValueError(f"io must be one of {IO_TYPES}, got {io!r}.")
     shape = _static_shape(model, input_shape)
@@ -176,21 +208,56 @@ def convert(model, kind="int8", representative_data=None, io="int8", input_shape
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = representative_dataset(representative_data, count=num_calibration)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            io_type = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}[io]
-            converter.inference_input_type = io_type
-            converter.inference_output_type = io_type
+            input_type, output_type = IO_DTYPES[io]
+            converter.inference_input_type = tf.as_dtype(input_type)
+            converter.inference_output_type = tf.as_dtype(output_type)
         else:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         try:
             with (_quiet_native_stderr() if quiet else contextlib.nullcontext()):
-                import warnings
-
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
-                    return bytes(converter.convert())
+                    data = bytes(converter.convert())
         except Exception as err:  # the converter raises many types, with pages of MLIR text
             lines = [line for line in str(err).splitlines() if line.strip()][:6]
             raise ConversionError(f"TFLite conversion ({kind}) failed: {type(err).__name__}: " + " | ".join(lines)) from err
+    return apply_int8_mode(data, int8_mode) if kind == "int8" else data
+
+
+def apply_int8_mode(data, int8_mode="cpu"):
+    """A strict int8 file (bytes) in `int8_mode`: itself for `"strict"`; for `"cpu"` its
+    `float_islands` when XNNPACK plans them (`xnnpack_accepts`), else itself, with a warning."""
+    if int8_mode not in INT8_MODES:
+        raise ValueError(f"int8_mode must be one of {INT8_MODES}, got {int8_mode!r}.")
+    islands = float_islands(data) if int8_mode == "cpu" else data
+    if islands is data:
+        return data
+    if xnnpack_accepts(islands):
+        return islands
+    warnings.warn("convert: XNNPACK could not plan the int8 file with float islands; kept the strict int8 file.", stacklevel=2)
+    return data
+
+
+def xnnpack_accepts(data, timeout=120):
+    """True when the XNNPACK delegate of LiteRT plans `.tflite` bytes `data` and runs them once.
+
+    Checked in a child process, because a graph the delegate cannot plan may abort the process
+    inside it (a double free) instead of raising: seen with dilated depthwise pieces that reach
+    past a tiny map, which `split_depthwise_kernels` no longer makes."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="litenext-xnnpack-") as folder:
+        path = os.path.join(folder, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(data)
+        code = ("import sys\nfrom ai_edge_litert.interpreter import Interpreter\n"
+                "i = Interpreter(model_path=sys.argv[1], num_threads=1)\ni.allocate_tensors()\ni.invoke()\n")
+        try:
+            done = subprocess.run([sys.executable, "-c", code, path], capture_output=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
 
 
 @contextlib.contextmanager
@@ -223,6 +290,76 @@ def _converter(model, shape):
         yield tf.lite.TFLiteConverter.from_saved_model(folder)
 
 
+def phone_model(model):
+    """`model` as its phone file computes it: a one-channel model takes RGB and averages it.
+
+    MediaPipe Tasks feed 3- or 4-channel images only; the file of a grey model then takes RGB
+    and averages the channels inside the graph: a 1x1 convolution with weights 1/3 and no bias,
+    which XNNPACK runs and int8 quantizes exactly (the weight grid holds 1/3). A grey image
+    given as R = G = B reaches the model unchanged. The float model is put in its deployment
+    form first (`quantization.deployment_model`, as `convert` does); a QAT model is kept as it
+    is. Convert the result with `rewrite=False`. Returns `model` itself for other models.
+    """
+    import keras
+
+    from keras_litenext.quantization import deployment_model, is_qat_model
+
+    height, width, channels = (tuple(model.inputs[0].shape[1:]) + (None,) * 3)[:3]
+    if channels != 1:
+        return model
+    inner = model if is_qat_model(model) else deployment_model(model)
+    inputs = keras.Input((height, width, 3), name="image")
+    grey = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, name="rgb_to_grey",
+                               kernel_initializer=keras.initializers.Constant(1.0 / 3.0))(inputs)
+    return keras.Model(inputs, inner(grey), name=model.name)
+
+
+def convert_phone(model, kind="int8", representative_data=None, **kwargs):
+    """`convert` for phone clients: a grey model's file takes RGB (`phone_model`), and a uint8
+    input is the camera pixel itself (`pin_uint8_input`). Grey `representative_data` is
+    repeated to three channels."""
+    wrapped = phone_model(model)
+    if wrapped is model:
+        data = convert(model, kind=kind, representative_data=representative_data, **kwargs)
+    else:
+        if representative_data is not None and np.asarray(representative_data).shape[-1] == 1:
+            representative_data = np.repeat(np.asarray(representative_data), 3, axis=-1)
+        data = convert(wrapped, kind=kind, representative_data=representative_data, rewrite=False, **kwargs)
+    return pin_uint8_input(data)
+
+
+def pin_uint8_input(data):
+    """A file whose uint8 input has scale 1/255 and zero point 0, so that `q = p` for a camera
+    pixel `p` (MediaPipe feeds the pixels as they are, whatever the quantization says).
+
+    The converter gives a uint8 input the range its calibration images span (e.g. scale
+    0.996/255 when no image reaches 255) and requantizes it to int8 in a first QUANTIZE op.
+    Only the uint8 tensor's scale and zero point are rewritten (with the flatbuffer schema of
+    `ai-edge-litert`); that QUANTIZE op then maps `p / 255` onto the int8 grid the calibration
+    chose, clipping at its end as the calibrated range always did. Other files (float, int8
+    input) are returned unchanged.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    graph = model.subgraphs[0]
+    tensor = graph.tensors[graph.inputs[0]]
+    q = tensor.quantization
+    if tensor.type != schema.TensorType.UINT8 or q is None or q.scale is None:
+        return data
+    if abs(float(q.scale[0]) * 255.0 - 1.0) < 1e-6 and int(q.zeroPoint[0]) == 0:
+        return data
+    first = [op for op in graph.operators if graph.inputs[0] in list(op.inputs)]
+    codes = [model.operatorCodes[op.opcodeIndex] for op in first]
+    if not codes or any(max(c.builtinCode, c.deprecatedBuiltinCode) != schema.BuiltinOperator.QUANTIZE for c in codes):
+        raise ConversionError("pin_uint8_input: the uint8 input does not feed a QUANTIZE (requantize) op; cannot fix its scale")
+    q.scale, q.zeroPoint = np.array([1.0 / 255.0], np.float32), np.array([0], np.int64)
+    builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def convert_to_file(model, path, kind="int8", **kwargs):
     """`convert` and write the bytes to `path` atomically. Returns the number of bytes."""
     data = convert(model, kind=kind, **kwargs)
@@ -235,6 +372,105 @@ def write_bytes(path, data):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+
+
+def _outside_window(graph, op, inputs, rule, low, high):
+    """True when an int8 ADD/SUB (`rule="each"`: every input scale over the output's) or MUL
+    (`"product"`: the input scales' product over the output's) is outside XNNPACK's window, or a
+    RELU (`"same"`) changes the quantization (XNNPACK runs it as a clamp on the input's grid)."""
+    def scale(i):
+        q = graph.tensors[i].quantization
+        return float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) == 1 else None
+
+    scales = [scale(i) for i in op.inputs if i >= 0]
+    out = scale(op.outputs[0])
+    if rule == "same":  # a clamp: XNNPACK needs the input's scale and zero point on the output
+        (i,), o = [i for i in op.inputs if i >= 0], op.outputs[0]
+        zero = [graph.tensors[t].quantization.zeroPoint for t in (i, o)]
+        return scales[0] != out or any(z is None for z in zero) or int(zero[0][0]) != int(zero[1][0])
+    if out is None or any(s is None for s in scales) or len(scales) != 2:
+        return False
+    ratios = [s / out for s in scales] if rule == "each" else [scales[0] * scales[1] / out]
+    return any(not (low <= r <= high) for r in ratios)
+
+
+def float_islands(data, ops=ISLAND_OPS, scale_windows=True):
+    """An int8 `.tflite` file (bytes) in which each int8 op of a type in `ops` computes in float:
+    DEQUANTIZE -> the op in float32 -> QUANTIZE, with the op's own input and output scales.
+
+    XNNPACK runs RSQRT, GELU, SOFTMAX, HARD_SWISH and BATCH_MATMUL (of two activations: MedNeXt's
+    linear attention) in float only: in an int8 file each of them
+    leaves the delegate, cutting the graph into partitions with a hand-over between the XNNPACK
+    and the builtin kernels at each cut (a trained LiteNeXt: 41 partitions). As islands they stay
+    inside one partition. The values are those of the int8 kernels, up to rounding: those are
+    lookup tables of the same function of the dequantized input, requantized to the same output
+    scale, so the QAT simulation (which quantizes the op's input and output) holds for both.
+    With `scale_windows`, an int8 ADD, SUB or MUL whose scale ratios are outside the window the
+    delegate accepts (ADD/SUB: each input scale / output scale in [1/1024, 256]; MUL: their
+    product / output scale in [2^-16, 256]; e.g. an epsilon constant's ADD), and an int8 RELU
+    whose output is on another grid than its input, become islands too.
+    The file is edited with TensorFlow's flatbuffer tools (`tensorflow.lite.tools`): tensors and
+    ops are added, nothing else changes. Files without such ops come back unchanged.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    builtin = schema.BuiltinOperator
+    targets = {getattr(builtin, name) for name in ops}
+    # ADD / SUB / MUL: XNNPACK takes them in int8 only within a window of scale ratios
+    window = {builtin.ADD: ("each", 1 / 1024, 256.0), builtin.SUB: ("each", 1 / 1024, 256.0),
+              builtin.MUL: ("product", 2.0**-16, 256.0), builtin.RELU: ("same", 1.0, 1.0)} if scale_windows else {}
+
+    def code_of(code):
+        return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+    def opcode(op, version):
+        for i, code in enumerate(model.operatorCodes):
+            if code_of(code) == op:
+                return i
+        code = schema.OperatorCodeT()
+        code.builtinCode, code.deprecatedBuiltinCode, code.version = op, min(op, 127), version
+        model.operatorCodes.append(code)
+        return len(model.operatorCodes) - 1
+
+    changed = 0
+    for graph in model.subgraphs:
+
+        def float_twin(index):
+            tensor = copy.copy(graph.tensors[index])  # shape, shape signature, rank
+            tensor.type, tensor.name = schema.TensorType.FLOAT32, (tensor.name or b"tensor") + b"/float"
+            tensor.buffer, tensor.quantization = 0, None
+            graph.tensors.append(tensor)
+            return len(graph.tensors) - 1
+
+        operators = []
+        for op in graph.operators:
+            inputs = [i for i in op.inputs if i >= 0]  # constants too (an epsilon ADD's): DEQUANTIZE takes them
+            int8 = all(graph.tensors[i].type == schema.TensorType.INT8 for i in [*inputs, *op.outputs])
+            code = code_of(model.operatorCodes[op.opcodeIndex])
+            wanted = code in targets or (code in window and _outside_window(graph, op, inputs, *window[code]))
+            if not wanted or not int8:
+                operators.append(op)
+                continue
+            new_inputs = list(op.inputs)
+            for k, i in enumerate(op.inputs):
+                if i >= 0:
+                    dequantize = schema.OperatorT()
+                    dequantize.opcodeIndex, dequantize.inputs = opcode(builtin.DEQUANTIZE, 2), [i]
+                    dequantize.outputs = [float_twin(i)]
+                    new_inputs[k] = dequantize.outputs[0]
+                    operators.append(dequantize)
+            outputs, op.inputs = list(op.outputs), new_inputs
+            op.outputs = [float_twin(o) for o in outputs]
+            operators.append(op)
+            for f, o in zip(op.outputs, outputs):
+                quantize = schema.OperatorT()
+                quantize.opcodeIndex, quantize.inputs, quantize.outputs = opcode(builtin.QUANTIZE, 2), [f], [o]
+                operators.append(quantize)
+            changed += 1
+        graph.operators = operators
+    return data if not changed else bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,8 +659,8 @@ class TFLiteRunner:
     def __call__(self, images):
         """Float outputs `(N, ...)` for float images `(N, H, W, C)` in [0, 1] (uint8 is /255)."""
         images = np.asarray(images)
-        if images.dtype == np.uint8:
-            images = images.astype(np.float32) / 255.0
+        if images.dtype in (np.uint8, np.uint16):
+            images = to_float(images)
         if images.ndim == 3:
             images = images[None]
         if tuple(images.shape[1:]) != self.input_shape[1:]:

@@ -1,9 +1,10 @@
-"""Model accounting (multiply-accumulates) and atomic file writes."""
+"""Model accounting (multiply-accumulates), atomic file writes and output-folder checks."""
 
 import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 
 import keras
@@ -83,12 +84,18 @@ def count_macs(model, input_shape=None, by_layer=False):
     return (total, per_layer) if by_layer else total
 
 
+class OutputError(OSError):
+    """An output cannot be written (permissions, a full disk, a vanished folder); the message is
+    one line naming the folder or file."""
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; move it onto `path` only if the block succeeds.
 
     A crash or an exception leaves no file under the final name (and no temporary behind), so
-    an artifact is either complete or absent. The temporary keeps `path`'s extension, for
+    an artifact is either complete or absent. A failing write (full disk, no permission) is an
+    `OutputError` naming `path`. The temporary keeps `path`'s extension, for
     writers that dispatch on it (`model.save` wants `.keras`).
 
     Example:
@@ -97,9 +104,12 @@ def atomic_path(path):
     """
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     stem, ext = os.path.splitext(name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=folder)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -107,9 +117,46 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OutputError:
+        raise
+    except OSError as err:  # a full disk, a read-only or vanished folder: one line naming the file
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with contextlib.suppress(OSError):
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp(\..*)?$")  # the names atomic_path (and the run backup) write under
+
+
+def remove_temporaries(folder):
+    """Delete the temporaries an interrupted `atomic_path` write left in `folder` (a killed
+    process cannot clean up); returns their names. Only call it while no other process writes there."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if _TEMPORARY.match(name) and os.path.isfile(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                    removed.append(name)
+    return removed
+
+
+def ensure_writable(folder, what="output folder"):
+    """Create `folder` if needed and check that files can be made in it, or raise `OutputError`
+    naming it: before any work, so an unwritable output fails in one line at the start."""
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise OutputError(f"the {what} {folder} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the {what} {folder}: {err.strerror or err}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to the {what} {folder}: permission denied (read-only?)")
+    return folder
 
 
 def _strict(obj):

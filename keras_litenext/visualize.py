@@ -15,11 +15,18 @@ PRED_COLOR = (255, 0, 80)  # RGB: predicted mask, red tint and outline
 def _as_rgb(image):
     """`(H, W, 3)` uint8 copy of a grey/RGB(A) image, uint8 or float in `[0, 1]`."""
     img = np.asarray(image)
+    if img.dtype == np.uint16:  # an intensity recipe's storage: 0..65535 is [0, 1]
+        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if img.dtype != np.uint8:
         img = np.clip(img * 255.0, 0, 255).astype(np.uint8)
     if img.ndim == 2:
         img = img[..., None]
     return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3].copy()
+
+
+def _plane(mask, shape):
+    """A mask as a 2-D `(H, W)` array (`np.squeeze` would drop the axes of a 1-pixel-wide image)."""
+    return np.asarray(mask).reshape(shape[:2])
 
 
 def overlay(image, pred_mask, true_mask=None, alpha=0.35):
@@ -31,14 +38,14 @@ def overlay(image, pred_mask, true_mask=None, alpha=0.35):
         pred_mask, true_mask: `(H, W)` or `(H, W, 1)` arrays, non-zero = foreground.
     """
     img = _as_rgb(image)
-    pred = (np.squeeze(np.asarray(pred_mask)) > 0).astype(np.uint8)
+    pred = (_plane(pred_mask, img.shape) > 0).astype(np.uint8)
     tint = img.astype(np.float32)
     tint[pred > 0] = (1 - alpha) * tint[pred > 0] + alpha * np.array(PRED_COLOR, np.float32)
     out = np.ascontiguousarray(tint.astype(np.uint8))
     contours, _ = cv2.findContours(pred, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(out, contours, -1, PRED_COLOR, 1)
     if true_mask is not None:
-        gt = (np.squeeze(np.asarray(true_mask)) > 0).astype(np.uint8)
+        gt = (_plane(true_mask, img.shape) > 0).astype(np.uint8)
         contours, _ = cv2.findContours(gt, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, contours, -1, GT_COLOR, 1)
     return out
@@ -62,10 +69,10 @@ def overlay_labels(image, labels, num_classes, true_labels=None, alpha=0.35):
     """`overlay` for label maps: two classes as `overlay`; more get one tint and outline per
     class (`class_colors`), and the true class outlines in the same colours, thinner inside a
     white halo when `true_labels` is given."""
-    labels = np.squeeze(np.asarray(labels))
+    img = _as_rgb(image)
+    labels = _plane(labels, img.shape)
     if num_classes <= 2:
         return overlay(image, labels, true_labels, alpha=alpha)
-    img = _as_rgb(image)
     colors = class_colors(num_classes)
     tint = img.astype(np.float32)
     for c in range(1, num_classes):
@@ -73,7 +80,7 @@ def overlay_labels(image, labels, num_classes, true_labels=None, alpha=0.35):
         tint[where] = (1 - alpha) * tint[where] + alpha * np.array(colors[c], np.float32)
     out = np.ascontiguousarray(tint.astype(np.uint8))
     if true_labels is not None:
-        gt = np.squeeze(np.asarray(true_labels))
+        gt = _plane(true_labels, img.shape)
         for c in range(1, num_classes):
             contours, _ = cv2.findContours((gt == c).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
             cv2.drawContours(out, contours, -1, (255, 255, 255), 1)

@@ -316,7 +316,8 @@ def test_int8_export_of_a_classifier_is_scored_and_gated(trained, tmp_path):
                         num_calibration=16, verbose=0, log=lambda *a: None)
     assert report["task"] == "classification"
     files = {f["kind"]: f for f in report["files"]}
-    assert files["int8"]["output"]["shape"] == [1, 2] and files["int8"]["output"]["dtype"] == "int8"
+    assert files["int8"]["output"]["shape"] == [1, 2] and files["int8"]["output"]["dtype"] == "float32"  # MediaPipe's I/O
+    assert files["int8"]["input"]["dtype"] == "uint8"
     metrics = json.loads((run / "metrics.json").read_text())
     assert files["fp32"]["test"]["auc"] == pytest.approx(metrics["auc"], abs=1e-4)
     for key in ("accuracy", "balanced_accuracy", "auc", "confusion_matrix"):
@@ -329,6 +330,19 @@ def test_int8_export_of_a_classifier_is_scored_and_gated(trained, tmp_path):
     assert "arg-max" in contract["output"]["decoding"]
     markdown = (tmp_path / "tflite" / "report.md").read_text()
     assert "accuracy" in markdown and "AUC" in markdown
+    # MediaPipe's ImageClassifier loads both files (metadata inside) and ranks as our LiteRT run does
+    from keras_litenext import metadata
+    from keras_litenext.export import load_source
+    from keras_litenext.tflite import run_tflite
+
+    if metadata.mediapipe_available():
+        images = load_source(str(run)).arrays["test"][0]
+        pixels = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images  # a grey model's files take RGB
+        for kind in ("int8", "fp32"):
+            path = tmp_path / "tflite" / f"{report['model']}_{kind}.tflite"
+            result = metadata.check_mediapipe(path, pixels, "classification")
+            assert result["labels"] == ["bright", "dark"]
+            assert np.array_equal(result["top"], np.argmax(run_tflite(path, pixels), axis=-1)), kind
     # the gate itself, on made-up numbers: an AUC drop alone fails it
     fake = {"task": "classification", "keras_float": {"test": {"accuracy": 0.90, "auc": 0.95}},
             "files": [{"kind": "int8", "test": {"accuracy": 0.90, "auc": 0.93}}]}

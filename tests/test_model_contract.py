@@ -133,17 +133,77 @@ def test_every_weighted_layer_has_a_torch_name(case):
     assert len(set(keys.values())) == len(keys)
 
 
+_INT8_FILES = {}
+
+
+def int8_file(case):
+    """The family's full-int8 file at MediaPipe's I/O (uint8 in, float32 out), converted once."""
+    from keras_litenext import tflite
+
+    spec, model, images, *_ = case
+    if spec.name not in _INT8_FILES:
+        qat = Q.calibrate(Q.quantize_model(spec.deploy_form(model)), images, batch_size=2)  # what the converter gets
+        assert Q.uncalibrated_quantizers(qat) == []
+        _INT8_FILES[spec.name] = tflite.convert(qat, "int8", representative_data=(images * 255).astype(np.uint8), io="uint8_float",
+                                                int8_mode="strict")
+    return _INT8_FILES[spec.name]
+
+
 def test_quantizes_and_converts_to_full_int8(case):
     pytest.importorskip("tensorflow")
     from keras_litenext import tflite
 
-    spec, model, images, *_ = case
-    qat = Q.calibrate(Q.quantize_model(spec.deploy_form(model)), images, batch_size=2)  # what the converter gets
-    assert Q.uncalibrated_quantizers(qat) == []
-    data = tflite.convert(qat, "int8", representative_data=(images * 255).astype(np.uint8))
-    info = tflite.inspect_tflite(data)
+    strict = int8_file(case)
+    info = tflite.inspect_tflite(strict)
     assert sum(info["float_ops"].values()) == 0, info["float_ops"]
-    assert info["input"]["dtype"] == "int8" and info["output"]["dtype"] == "int8"
+    assert info["input"]["dtype"] == "uint8" and info["output"]["dtype"] == "float32"
+    assert info["ops"][0]["op"] == "QUANTIZE" and info["ops"][0]["inputs"] == ["uint8"]  # uint8 -> int8 in
+    assert info["ops"][-1]["op"] == "DEQUANTIZE" and info["ops"][-1]["outputs"] == ["float32"]  # int8 -> float32 out
+    # The default ("cpu") file: XNNPACK's float-only ops as float islands, the same values as the
+    # strict file's int8 kernels up to their rounding, and one XNNPACK partition.
+    cpu = tflite.float_islands(strict)
+    islands = tflite.inspect_tflite(cpu)["float_ops"]
+    assert set(islands) <= {*tflite.ISLAND_OPS, *tflite.WINDOW_OPS}
+    assert set(info["op_counts"]) & set(tflite.ISLAND_OPS) <= set(islands)  # every float-only op is an island
+    assert tflite.xnnpack_accepts(strict) and tflite.xnnpack_accepts(cpu)
+    assert tflite.xnnpack_partitions(cpu)["partitions"] == 1, tflite.xnnpack_partitions(cpu)
+    images = case[2]
+    a, b = tflite.run_tflite(strict, images, xnnpack=False), tflite.run_tflite(cpu, images, xnnpack=False)
+    step = float(np.std(a)) + 1e-6
+    assert np.mean(np.abs(a - b)) <= 0.05 * step, (np.mean(np.abs(a - b)), step)
+
+
+def test_mediapipe_task_loads_the_int8_file_and_agrees_with_litert(case, tmp_path):
+    """MediaPipe's own task (ImageSegmenter / ImageClassifier) on the file with its metadata, on
+    real images (the bundled DSB 2018 nuclei), against our LiteRT run of the same file."""
+    import cv2
+
+    from keras_litenext import metadata, tflite
+    from keras_litenext.data import sample_data_dir
+
+    if not metadata.mediapipe_available():
+        pytest.skip(f"MediaPipe's metadata writers are not installed ({metadata.MEDIAPIPE_HINT})")
+    spec, model, images, *_ = case
+    classification = "classification" in spec.tasks
+    k = int(model.outputs[0].shape[-1])
+    names = [f"class{i}" for i in range(k)] if classification else (["background", "foreground"] if k == 1 else
+                                                                      ["background"] + [f"class{i}" for i in range(1, k)])
+    data, _ = metadata.add_metadata(int8_file(case), names, "classification" if classification else "segmentation", k,
+                                    spec.name, "a test file", input_dtype="uint8")
+    path = tmp_path / f"{spec.name}.tflite"
+    tflite.write_bytes(path, data)
+    folder = os.path.join(sample_data_dir(), "images")
+    side = images.shape[1]
+    pixels = np.stack([cv2.resize(cv2.imread(os.path.join(folder, f)), (side, side), interpolation=cv2.INTER_AREA)[..., ::-1]
+                       for f in sorted(os.listdir(folder))[:4]])
+    logits = tflite.run_tflite(path, pixels)
+    result = metadata.check_mediapipe(path, pixels, "classification" if classification else "segmentation")
+    assert result["labels"] == metadata.output_labels(names, "classification" if classification else "segmentation", k)
+    if classification:
+        assert np.array_equal(result["top"], np.argmax(logits, axis=-1))
+    else:
+        labels = np.where(logits[..., 0] > 0, 0, 255) if k == 1 else np.argmax(logits, axis=-1)  # MediaPipe's category mask
+        assert np.mean(result["category"] == labels) >= 0.999
 
 
 def test_unknown_names_are_explained():

@@ -413,3 +413,22 @@ def test_split_depthwise_kernels_is_exact_and_quantizes_each_piece():
     np.testing.assert_allclose(run_eager(qat, x), run_eager(model, x), atol=1e-5)
     whole = Q.quantize_model(model, max_depthwise_taps=None)
     assert "dw7" in {layer.name for layer in whole.layers}
+
+
+def test_nearest_up_sampling_deploys_without_tile():
+    """Keras' nearest UpSampling2D lowers to TILE, which XNNPACK does not run; the deployment and
+    QAT forms are CONCATENATION + RESHAPE with the same values."""
+    from keras_litenext import tflite
+
+    inputs = keras.Input((5, 7, 3))
+    x = layers.UpSampling2D(2, name="up2")(inputs)
+    x = layers.UpSampling2D((3, 1), name="up31")(x)
+    model = keras.Model(inputs, layers.Conv2D(2, 1, name="head")(x))
+    x = np.random.default_rng(0).random((2, 5, 7, 3), dtype=np.float32)
+    deploy = Q.deployment_model(model)
+    assert {type(layer) for layer in deploy.layers} >= {Q.ConcatUpSampling2D}
+    np.testing.assert_array_equal(run_eager(deploy, x), run_eager(model, x))
+    qat = Q.quantize_model(model)
+    assert type(qat.get_layer("up2")) is Q.ConcatUpSampling2D and "up2_quant" not in {layer.name for layer in qat.layers}
+    ops = tflite.inspect_tflite(tflite.convert(model, "fp32"))["op_counts"]
+    assert "TILE" not in ops and ops["CONCATENATION"] >= 2

@@ -86,14 +86,13 @@ def test_resume_after_kill_continues_from_the_last_epoch(dataset, tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"model_kwargs": {"width": 8}, "mwl_kernel": 3}))
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metadata = run / "backup" / "training_metadata.json"
     deadline = time.time() + 300
-    while not metadata.exists() and proc.poll() is None and time.time() < deadline:
+    while not list((run / "backup").glob("epoch-*.weights.h5")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = json.loads(metadata.read_text())["epoch"]
+    done = max(int(p.name.split("-")[1].split(".")[0]) for p in (run / "backup").glob("epoch-*.weights.h5"))
     assert done >= 1 and not (run / "metrics.json").exists()
     resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
@@ -131,13 +130,6 @@ def test_nan_loss_stops_before_the_backup_is_overwritten(tmp_path):
     assert all(np.isfinite(w).all() for w in restored)
     assert all(np.allclose(a, b) for a, b in zip(restored, saved))
     assert not all(np.allclose(a, b) for a, b in zip(good, saved))
-
-
-def test_training_with_nan_loss_reports_and_keeps_the_run(dataset, tmp_path):
-    run = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match="--resume"):
-        train(TrainConfig(data=str(dataset), output=str(run), epochs=2, lr=1e30, loss="bce", **TINY))
-    assert (run / "splits.json").exists() and not (run / "metrics.json").exists()
 
 
 def test_serp_trains_and_leaves_the_inference_model_plain(dataset, tmp_path):

@@ -23,6 +23,8 @@ import platform
 import shlex
 import sys
 
+from keras_litenext import cli
+
 
 def _cpu():
     try:
@@ -42,20 +44,22 @@ def _load():
         return "load average n/a"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help="folder with .tflite files (e.g. the output of tflite/convert.py)")
-    p.add_argument("--keras", help="Keras model to time too (.keras file or run folder); default: the one in report.json")
+def parser():
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", type=cli.existing_dir, help="folder with .tflite files (e.g. the output of tflite/convert.py)")
+    p.add_argument("--keras", type=cli.existing_path, help="Keras model to time too (.keras file or run folder); default: the one in report.json")
     p.add_argument("--no-keras", action="store_true", help="do not time the Keras model")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="LiteRT thread counts (default 1 2)")
-    p.add_argument("--runs", type=int, default=20, help="runs per round (default 20)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    p.add_argument("--threads", type=cli.positive_int, nargs="+", default=[1, 2], help="LiteRT thread counts (default 1 2)")
+    p.add_argument("--runs", type=cli.positive_int, default=20, help="runs per round (default 20)")
+    p.add_argument("--rounds", type=cli.positive_int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--warmup", type=cli.nonnegative_int, default=10, help="untimed runs first (default 10)")
     p.add_argument("--no-xnnpack", action="store_true", help="builtin kernels instead of XNNPACK")
-    p.add_argument("--json", help="also write the rows to this JSON file")
-    args = p.parse_args(argv)
-    if min(args.threads) < 1 or args.runs < 1 or args.rounds < 1 or args.warmup < 0:
-        p.error("--threads, --runs and --rounds must be positive, --warmup >= 0")
+    p.add_argument("--json", type=cli.output_path, help="also write the rows to this JSON file")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.runs * args.rounds < 50:
         print(f"note: {args.runs * args.rounds} timings per configuration; use at least 50 for stable medians", file=sys.stderr)
     files = sorted(glob.glob(os.path.join(args.folder, "*.tflite")))

@@ -13,6 +13,14 @@ Writes, into --output (default RUN/tflite):
     <name>_qat.keras        the quantization-aware model (weights and int8 ranges)
     <file>.json             each file's I/O contract (classes, input scale/zero point, pixel
                             mapping, output shape, meaning and decoding, model and training data)
+    <name>_labels.txt       the class names, class 0 first (also inside every .tflite)
+
+Every .tflite carries TFLite metadata for MediaPipe Tasks (ImageSegmenter / ImageClassifier
+load it as it is): RGB input with its normalisation, the labels, the segmenter activation
+(sigmoid / softmax) and a description (model, training data, test metrics); it needs
+MediaPipe's metadata writers: pip install --no-deps "mediapipe==1.2.3" (or --no-metadata).
+The int8 files take uint8 camera pixels and end in a DEQUANTIZE (float32 logits) unless --io
+says otherwise; a grey model's files take RGB and average it inside the graph.
     report.json, report.md  size, ops with dtypes, float-op count, XNNPACK partitions and
                             test-split Dice/IoU/HD95 of every file (per class too), next to the
                             float Keras model's
@@ -40,36 +48,51 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 import argparse
 import sys
 
+from keras_litenext import cli
+
 GATE_FAILED = 3
+KINDS = ("int8", "int8_ptq", "fp16", "fp32")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="run folder of training/fit.py, or a .keras file (then --data)")
-    p.add_argument("--output", help="output folder (default: SOURCE/tflite, or beside the .keras file)")
-    p.add_argument("--data", help="dataset folder (images/ + masks/); default: the run's")
-    p.add_argument("--name", help="file name prefix (default: the model's name)")
-    p.add_argument("--io", default="int8", choices=("int8", "uint8", "float"), help="int8 files' input/output type (default int8)")
-    p.add_argument("--qat-epochs", type=int, default=3, help="quantization-aware fine-tuning epochs (default 3; 0 = calibration only)")
-    p.add_argument("--qat-lr", type=float, default=1e-5, help="QAT peak learning rate (default 1e-5)")
-    p.add_argument("--calibration-images", type=int, default=200, help="training images used to calibrate int8 ranges (default 200)")
-    p.add_argument("--max-dice-drop", type=float, default=0.5,
+    args = parser().parse_args(argv)
+    return run(args)
+
+
+def parser():
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", type=cli.existing_path, help="run folder of training/fit.py, or a .keras file (then --data)")
+    p.add_argument("--output", type=cli.output_path, help="output folder (default: SOURCE/tflite, or beside the .keras file)")
+    p.add_argument("--data", type=cli.existing_dir, help="dataset folder (images/ + masks/); default: the run's")
+    p.add_argument("--name", type=cli.file_name, help="file name prefix (default: the model's name)")
+    p.add_argument("--io", default="uint8_float", choices=("uint8_float", "int8", "uint8", "float"),
+                   help="int8 files' input/output type (default uint8_float: uint8 camera pixels in, float32 logits out, "
+                   "what MediaPipe Tasks read; int8, uint8 or float for both ends)")
+    p.add_argument("--strict-int8", action="store_true",
+                   help="int8 files with every op in int8, for accelerators that need a pure int8 graph (NPUs, DSPs); "
+                   "by default the ops XNNPACK has in float only (RSQRT, GELU, SOFTMAX, ...) run as float islands inside it, the fastest file on a CPU")
+    p.add_argument("--no-metadata", action="store_true",
+                   help="leave the TFLite metadata (MediaPipe's labels, normalisation, activation) out of the files")
+    p.add_argument("--qat-epochs", type=cli.nonnegative_int, default=3, help="quantization-aware fine-tuning epochs (default 3; 0 = calibration only)")
+    p.add_argument("--qat-lr", type=cli.positive_float, default=1e-5, help="QAT peak learning rate (default 1e-5)")
+    p.add_argument("--calibration-images", type=cli.positive_int, default=200, help="training images used to calibrate int8 ranges (default 200)")
+    p.add_argument("--max-dice-drop", type=cli.nonnegative_float, default=0.5,
                    help="quality gate: largest allowed drop of the int8 file's mean foreground Dice, in points (default 0.5)")
-    p.add_argument("--max-class-drop", type=float, default=1.0,
+    p.add_argument("--max-class-drop", type=cli.nonnegative_float, default=1.0,
                    help="quality gate: largest allowed int8 Dice drop of any one foreground class, in points (default 1.0)")
-    p.add_argument("--max-accuracy-drop", type=float, default=1.0,
+    p.add_argument("--max-accuracy-drop", type=cli.nonnegative_float, default=1.0,
                    help="classification gate: largest allowed drop of the int8 file's test accuracy, in points (default 1.0)")
-    p.add_argument("--max-auc-drop", type=float, default=0.01,
+    p.add_argument("--max-auc-drop", type=cli.nonnegative_float, default=0.01,
                    help="classification gate: largest allowed drop of the int8 file's macro AUC, in AUC units (default 0.01)")
-    p.add_argument("--kinds", default="int8,int8_ptq,fp16,fp32",
+    p.add_argument("--kinds", type=cli.names(KINDS, required=("int8",)), default=list(KINDS),
                    help="comma-separated files to write (default all: int8,int8_ptq,fp16,fp32; int8 is required)")
     p.add_argument("--force", action="store_true", help="exit 0 even when the quality gate fails")
-    p.add_argument("--threads", type=int, default=2, help="LiteRT threads for the evaluation (default 2)")
+    p.add_argument("--threads", type=cli.positive_int, default=2, help="LiteRT threads for the evaluation (default 2)")
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity of the fine-tuning (default 2)")
-    args = p.parse_args(argv)
-    if args.calibration_images < 1 or args.threads < 1:
-        p.error("--calibration-images and --threads must be positive")
+    return p
 
+
+def run(args):
     from keras_litenext import data as data_lib
     from keras_litenext.export import ConversionError, ExportError, export_run
 
@@ -79,9 +102,9 @@ def main(argv=None):
             data=args.data, num_calibration=args.calibration_images, max_dice_drop=args.max_dice_drop,
             max_class_drop=args.max_class_drop, threads=args.threads, verbose=args.verbose,
             max_accuracy_drop=args.max_accuracy_drop, max_auc_drop=args.max_auc_drop,
-            kinds=[k for k in args.kinds.split(",") if k.strip()],
+            kinds=list(args.kinds), metadata=not args.no_metadata, int8_mode="strict" if args.strict_int8 else "cpu",
         )
-    except (ExportError, ConversionError, data_lib.DatasetError, FileNotFoundError, ValueError) as err:
+    except (ExportError, ConversionError, data_lib.DatasetError, OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 1
     print(f"Report: {os.path.join(report['output'], 'report.md')}")

@@ -71,6 +71,7 @@ from keras_litenext.quantization.graph import (
 )
 from keras_litenext.quantization.keras_rules import (
     ConcatRepeatVector,
+    ConcatUpSampling2D,
     QuantAdd,
     QuantConstantOp,
     QuantConv2D,
@@ -119,6 +120,7 @@ __all__ = [
     "TANH_RANGE",
     "UNIT_RANGE",
     "ConcatRepeatVector",
+    "ConcatUpSampling2D",
     "FakeQuant",
     "QuantAdd",
     "QuantConstantOp",

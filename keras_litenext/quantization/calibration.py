@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from keras_litenext.intensity import to_float
 from keras_litenext.quantization.graph import is_qat_model, quant_layers, set_quant_mode
 
 
@@ -10,7 +11,7 @@ def _image_batches(data, batch_size=8):
     iterable of batches / `(image, mask)` batches (a `tf.data.Dataset`)."""
     if hasattr(data, "shape"):
         arr = np.asarray(data)
-        arr = arr.astype("float32") / 255.0 if arr.dtype == np.uint8 else arr.astype("float32")
+        arr = to_float(arr)  # uint8 / 255, uint16 (an intensity recipe's) / 65535, float as is
         for i in range(0, len(arr), batch_size):
             yield arr[i : i + batch_size]
         return

@@ -262,12 +262,19 @@ def depthwise_pieces(kernel_size, dilation_rate=(1, 1), max_taps=MAX_DEPTHWISE_T
 def _splittable_depthwise(layer, max_taps):
     if type(layer) is not layers.DepthwiseConv2D or tuple(layer.strides) != (1, 1) or layer.padding != "same":
         return None
+    # A map smaller than the kernel's reach gains nothing from the split, and XNNPACK fails to
+    # plan dilated pieces that reach past it (LiteNeXt at 32x32: 2x2 maps under a 7x7 kernel).
+    reach = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.dilation_rate)]
+    size = tuple(layer.input.shape[1:3])
+    if any(s is not None and s < r for s, r in zip(size, reach)):
+        return None
     return depthwise_pieces(layer.kernel_size, layer.dilation_rate, max_taps)
 
 
 def split_depthwise_kernels(model, max_taps=MAX_DEPTHWISE_TAPS):
     """A copy of `model` in which every stride-1 "same" `DepthwiseConv2D` of more than
-    `max_taps` taps is the sum of pieces of at most `max_taps` taps (`depthwise_pieces`).
+    `max_taps` taps is the sum of pieces of at most `max_taps` taps (`depthwise_pieces`), on
+    maps at least as large as the kernel's reach (smaller ones keep the whole kernel).
 
     Same outputs up to float rounding (the 7x7 of LiteNeXt: three pieces, 3x7 + 2x7 + 2x7,
     max error ~2e-7); a TFLite file of the copy runs every piece on XNNPACK's 25-tap kernel.

@@ -45,6 +45,7 @@ from keras_litenext.quantization.rules import (
     OWN,
     SAME,
     QuantRule,
+    clone_as,
     display_name,
     float_config,
     register_quant_rule,
@@ -163,6 +164,26 @@ class ConcatRepeatVector(layers.RepeatVector):
 
     def call(self, inputs):
         return ops.concatenate([ops.expand_dims(inputs, 1)] * self.n, axis=1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConcatUpSampling2D(layers.UpSampling2D):
+    """Nearest-neighbour `UpSampling2D` as CONCATENATION and RESHAPE ops, the same values.
+
+    Keras' own lowers to `repeat` (TILE ops), which XNNPACK does not run, in float or int8: each
+    one cut U-Lite's file into partitions (11 for 10 up-samplings). Copies side by side along the
+    channels, reshaped, repeat the columns; copies along a new axis, reshaped, repeat the rows.
+    """
+
+    def call(self, inputs):
+        if self.interpolation != "nearest" or self.data_format != "channels_last" or any(d is None for d in inputs.shape[1:]):
+            return super().call(inputs)
+        rows, cols = self.size
+        _, h, w, c = inputs.shape
+        x = ops.reshape(ops.concatenate([inputs] * cols, axis=-1), (-1, h, 1, w * cols * c)) if cols > 1 else (
+            ops.reshape(inputs, (-1, h, 1, w * c)))
+        x = ops.concatenate([x] * rows, axis=2) if rows > 1 else x
+        return ops.reshape(x, (-1, h * rows, w * cols, c))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -295,6 +316,16 @@ class _UpSamplingRule(QuantRule):
 
     def output(self, layer):
         return KEEP if layer.interpolation == "nearest" else SAME
+
+    def quantize(self, layer, decay):
+        if layer.interpolation == "nearest":  # the int8 graph of the deployment form (no TILE)
+            return clone_as(ConcatUpSampling2D, layer)
+        return super().quantize(layer, decay)
+
+    def deploy(self, layer):
+        if layer.interpolation != "nearest" or type(layer) is ConcatUpSampling2D:
+            return None
+        return ConcatUpSampling2D.from_config(layer.get_config())
 
 
 register_quant_rule(layers.Softmax, QuantRule(output=UNIT_RANGE))

@@ -1,0 +1,380 @@
+"""The benchmark suite: every registered model, every file kind, on this machine, in one run.
+
+    python benchmarks/run.py                                   # all models, 256², writes BENCHMARKS.md
+    python benchmarks/run.py --models litenext,ulite --no-write
+    python benchmarks/run.py --reference-dir /path/to/LiteNeXt  # + the authors' PyTorch LiteNeXt
+    python benchmarks/run.py --smoke                           # tiny and fast: CI checks that it runs
+
+For each model (random weights: latency does not depend on them; the deploy form, what the
+converter ships):
+
+- parameters and MACs (`count_macs`) at the image size, and the floor: `2 x MACs` over this
+  CPU's measured float32 matrix-multiply rate (one thread, NumPy's BLAS), what no file beats;
+- `.tflite` files as `tflite/convert.py` makes them: fp32, fp16, int8 in the default "cpu"
+  mode (float islands inside XNNPACK) and in "strict" mode (every op int8), the int8 ones from
+  the calibrated QAT graph; XNNPACK partitions of each; LiteRT (XNNPACK) latency, batch 1, at
+  each `--threads`;
+- the Keras model: TensorFlow `tf.function` at batch 1 and 8, and JAX `jit` at batch 1 (in a
+  child process: the backend is chosen at import), intra-op threads set to each `--threads`;
+- training throughput on the CPU (TensorFlow backend, batch 8, the task's loss, images/s after
+  warm-up) and its peak resident memory (a child process per model, so the peak is its own);
+- the authors' PyTorch LiteNeXt when `--reference-dir` points at a checkout of their repository
+  (github.com/tranngocduvnvp/LiteNeXt.; their code is imported from there at run time).
+
+Then the tf.data training pipeline's throughput at 256² (`bench_data.py`'s measurement).
+Latencies are medians of interleaved rounds (every contender once per round, so a change of
+load hits all alike); ratios are computed within the run. The machine, CPU flags, versions,
+date and command head every table. `--write` (default) replaces the suite's section of
+BENCHMARKS.md between its markers.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START, END = "<!-- benchmarks/run.py: start -->", "<!-- benchmarks/run.py: end -->"
+KINDS = ("fp32", "fp16", "int8", "int8_strict")
+
+
+def kinds(args):
+    return tuple(k for k in KINDS if not (args.smoke and k == "fp16"))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", help="comma-separated registry names (default: every registered model)")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per contender per round (default 10)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--train-steps", type=int, default=10, help="timed training steps per model (default 10)")
+    p.add_argument("--train-size", type=int, default=128, help="training image size (default 128)")
+    p.add_argument("--no-jax", action="store_true", help="leave out the JAX timings")
+    p.add_argument("--no-train", action="store_true", help="leave out training throughput")
+    p.add_argument("--reference-dir", help="checkout of the authors' LiteNeXt repository (adds their PyTorch model)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks that the suite runs (no figures)")
+    p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--no-write", action="store_true", help="print the tables only; leave BENCHMARKS.md as it is")
+    args = p.parse_args(argv)
+    try:
+        args.threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    except ValueError:
+        p.error(f"--threads: expected comma-separated integers, got {args.threads!r}")
+    if not args.threads or min(args.threads) < 1:
+        p.error("--threads: thread counts must be >= 1")
+    for flag in ("image_size", "runs", "rounds", "train_steps", "train_size"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.smoke:
+        args.image_size, args.runs, args.rounds, args.warmup = 32, 1, 1, 1
+        args.train_steps, args.train_size, args.threads, args.no_write = 1, 32, [1], True
+    return args
+
+
+def machine():
+    """`"model (SIMD flags), N cores"` of this CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "asimddp", "i8mm") if f in flags]
+    return f"{model} ({', '.join(simd) or 'no AVX2'}), {os.cpu_count()} cores"
+
+
+def matmul_gflops(seconds=1.0):
+    """Measured float32 GEMM rate of one thread (GFLOP/s): the floor's denominator."""
+    import numpy as np
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scipy / scikit-learn
+        threadpool_limits = None
+    a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+    ctx = threadpool_limits(1) if threadpool_limits else _null()
+    with ctx:
+        a @ a
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ a
+            n += 1
+        dt = time.perf_counter() - t0
+    return 2 * 512**3 * n / dt / 1e9
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def interleaved(contenders, runs, rounds, warmup):
+    """`{name: median ms}` of callables timed in interleaved rounds."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def child(code, env=None, timeout=1800):
+    """Run `code` in a child Python; its last stdout line is JSON, returned parsed."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"child process failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+JAX_CODE = """
+import json, time, statistics, numpy as np, jax, keras, keras_litenext as kl
+spec = kl.get_spec({name!r})
+model = spec.deploy_form(kl.create_model({name!r}, input_shape={shape!r}))
+x = np.random.default_rng(0).random((1, *{shape!r}), dtype=np.float32)
+fn = jax.jit(lambda v, t, x: model.stateless_call(v, t, x, training=False)[0])
+v, t = [w.value for w in model.trainable_variables], [w.value for w in model.non_trainable_variables]
+for _ in range({warmup} + 1):
+    fn(v, t, x).block_until_ready()
+ms = []
+for _ in range({n}):
+    t0 = time.perf_counter(); fn(v, t, x).block_until_ready(); ms.append((time.perf_counter() - t0) * 1e3)
+print(json.dumps({{"jax_ms": statistics.median(ms)}}))
+"""
+
+TRAIN_CODE = """
+import json, resource, time, numpy as np, tensorflow as tf, keras, keras_litenext as kl
+from keras_litenext.tasks import get_task
+tf.config.threading.set_intra_op_parallelism_threads({threads}); tf.config.threading.set_inter_op_parallelism_threads(1)
+spec = kl.get_spec({name!r})
+task = get_task("classification" if "classification" in spec.tasks and "binary" not in spec.tasks else "binary", num_classes=2)
+model = kl.create_model({name!r}, input_shape={shape!r}, num_classes=task.output_channels)
+rng = np.random.default_rng(0)
+x = rng.random((8, *{shape!r}), dtype=np.float32)
+if task.kind == "classification":
+    y = rng.integers(0, 2, (8,)).astype("int32")
+else:
+    y = (rng.random((8, *{shape!r}[:2], 1)) > 0.5).astype("float32")
+model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=task.loss())
+ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)
+t0 = time.perf_counter()
+model.fit(ds, steps_per_epoch={steps}, epochs=1, verbose=0)
+dt = time.perf_counter() - t0
+print(json.dumps({{"train_img_s": 8 * {steps} / dt, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def measure_model(name, args, folder, log):
+    import numpy as np
+    import tensorflow as tf
+
+    import keras
+    import keras_litenext as kl
+    from keras_litenext import quantization as Q
+    from keras_litenext import tflite
+
+    spec = kl.get_spec(name)
+    size = -(-args.image_size // spec.size_multiple) * spec.size_multiple
+    shape = (size, size, 3)
+    keras.utils.set_random_seed(0)
+    model = spec.deploy_form(kl.create_model(name, input_shape=shape))
+    rng = np.random.default_rng(0)
+    images = rng.random((8, *shape), dtype=np.float32)
+    pixels = (images * 255).astype(np.uint8)
+    row = {"model": name, "size": size, "params": int(model.count_params()), "macs": int(kl.count_macs(model)), "files": {}}
+
+    t0 = time.time()
+    qat = Q.calibrate(Q.quantize_model(model), images, batch_size=4)
+    builds = {
+        "fp32": lambda: tflite.convert(model, "fp32"),
+        "fp16": lambda: tflite.convert(model, "fp16"),
+        "int8_strict": lambda: tflite.convert(qat, "int8", representative_data=pixels, int8_mode="strict"),
+    }
+    if args.smoke:
+        builds.pop("fp16")
+    for kind, build in builds.items():
+        path = os.path.join(folder, f"{name}_{kind}.tflite")
+        tflite.write_bytes(path, build())
+    strict = open(os.path.join(folder, f"{name}_int8_strict.tflite"), "rb").read()
+    tflite.write_bytes(os.path.join(folder, f"{name}_int8.tflite"), tflite.apply_int8_mode(strict, "cpu"))
+    for kind in kinds(args):
+        path = os.path.join(folder, f"{name}_{kind}.tflite")
+        info, parts = tflite.inspect_tflite(path), tflite.xnnpack_partitions(path)
+        row["files"][kind] = {"path": path, "kib": round(os.path.getsize(path) / 1024), "partitions": parts["partitions"],
+                              "not_delegated": parts["not_delegated"], "float_ops": sum(info["float_ops"].values())}
+    log(f"{name}: {size}², converted in {time.time() - t0:.0f} s")
+
+    files = [row["files"][k]["path"] for k in kinds(args)]
+    for r in tflite.benchmark(files, threads=tuple(args.threads), runs=args.runs, rounds=args.rounds, warmup=args.warmup):
+        kind = r["name"][len(name) + 1 : -len(".tflite")]
+        row["files"][kind][f"ms_{r['threads']}t"] = r["median_ms"]
+
+    # Keras under TensorFlow: one thread count per process (TensorFlow fixes it at start-up), the max
+    fn = tf.function(lambda t: model(t, training=False))
+    x1, x8 = tf.constant(images[:1]), tf.constant(images)
+    contenders = {"tf_b1": lambda: fn(x1).numpy(), "tf_b8": lambda: fn(x8).numpy()}
+    if args.reference_dir and name == "litenext":
+        contenders["pytorch_b1"] = reference_litenext(args.reference_dir, images[:1], max(args.threads))
+    row["keras"] = interleaved(contenders, args.runs, args.rounds, args.warmup)
+    if not args.no_jax:
+        try:
+            row["jax_ms"] = child(JAX_CODE.format(name=name, shape=shape, warmup=args.warmup, n=args.runs * args.rounds),
+                                  env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"})["jax_ms"]
+        except Exception as err:  # JAX is optional
+            row["jax_ms"] = None
+            log(f"{name}: JAX timing skipped ({err})")
+    if not args.no_train:
+        tshape = (-(-args.train_size // spec.size_multiple) * spec.size_multiple,) * 2 + (3,)
+        row["train"] = child(TRAIN_CODE.format(name=name, shape=tshape, steps=args.train_steps, threads=max(args.threads)))
+        row["train"]["size"] = tshape[0]
+    return row
+
+
+def reference_litenext(checkout, x, threads):
+    """A callable running the authors' PyTorch LiteNeXt (imported from `checkout`) on `x`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, os.path.abspath(checkout))
+    from Models.LiteNeXt import LiteNeXt as TorchLiteNeXt  # the reference repository's layout
+
+    model = TorchLiteNeXt(kernel_sizes=[7] * 4).eval()
+    xp = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+    def run():
+        with torch.no_grad():
+            return model(xp).numpy()
+
+    return run
+
+
+def data_throughput(args):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_data
+
+    return bench_data.measure(size=args.image_size, n=16 if args.smoke else 128, batch_size=8 if args.smoke else 16,
+                              seconds=0.5 if args.smoke else 3.0)
+
+
+def tables(rows, data, gflops, args, header):
+    t, KINDS = args.threads, kinds(args)
+    lines = [header, ""]
+    lines += ["### Size, floor and files", "",
+              "| model | input | params | MACs | floor ms (1 thread) | " + " | ".join(f"{k} KiB / partitions" for k in KINDS) + " |",
+              "|---|---|---|---|---|" + "---|" * len(KINDS)]
+    for r in rows:
+        floor = 2 * r["macs"] / (gflops * 1e9) * 1e3
+        cells = [f"{r['files'][k]['kib']} / {r['files'][k]['partitions']}" for k in KINDS]
+        lines.append(f"| {r['model']} | {r['size']}² | {r['params']:,} | {r['macs'] / 1e9:.3f} G | {floor:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", f"Floor: 2 × MACs at {gflops:.0f} GFLOP/s, this CPU's measured one-thread float32 GEMM rate "
+              "(NumPy 512×512); no file computes faster than that.", ""]
+    lines += ["### Latency, batch 1 (ms, median)", "",
+              "| model | threads | " + " | ".join(f".tflite {k}" for k in KINDS) + f" | int8 / fp32 | Keras TF ({max(t)} threads) | Keras TF batch 8, per image | JAX jit (1 thread) | best file / floor |",
+              "|---|---|" + "---|" * (len(KINDS) + 5)]
+    for r in rows:
+        floor = 2 * r["macs"] / (gflops * 1e9) * 1e3
+        for n in t:
+            ms = [r["files"][k].get(f"ms_{n}t") for k in KINDS]
+            keras_ms = r["keras"]
+            jax = r.get("jax_ms")
+            best = min(m for m in ms if m)
+            ref = f" (PyTorch reference {keras_ms['pytorch_b1']:.1f})" if "pytorch_b1" in keras_ms else ""
+            int8 = ms[KINDS.index("int8")]
+            lines.append(f"| {r['model']} | {n} | " + " | ".join(f"{m:.2f}" for m in ms) + f" | {int8 / ms[0]:.2f} | "
+                         f"{keras_ms['tf_b1']:.1f}{ref} | {keras_ms['tf_b8'] / 8:.1f} | {'-' if jax is None else f'{jax:.1f}'} | "
+                         f"{best / floor if n == 1 else best * n / floor:.1f}× |")
+    if any("train" in r for r in rows):
+        lines += ["", f"### Training on the CPU (TensorFlow backend, batch 8, {max(t)} threads)", "",
+                  "| model | input | images/s | peak memory MiB |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['train']['size']}² | {r['train']['train_img_s']:.1f} | {r['train']['peak_rss_mib']:.0f} |"
+                  for r in rows if "train" in r]
+    if data:
+        lines += ["", f"### tf.data training pipeline at {args.image_size}²", "",
+                  f"{data['augmented']:.0f} images/s with augmentation, {data['plain']:.0f} without (median of windows)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text):
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    with open(path, encoding="utf-8") as f:
+        doc = f.read()
+    block = f"{START}\n{text}{END}"
+    if START in doc and END in doc:
+        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip() + "\n\n## The suite (`benchmarks/run.py`)\n\n" + block + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(doc)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(max(args.threads))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started in this process (the test suite): keep its pools
+        pass
+    import keras
+
+    import keras_litenext as kl
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    names = args.models.split(",") if args.models else kl.list_models()
+    unknown = [n for n in names if n not in kl.list_models()]
+    if unknown:
+        print(f"error: --models: unknown {', '.join(unknown)}; registered: {', '.join(kl.list_models())}", file=sys.stderr)
+        return 2
+    gflops = matmul_gflops(0.2 if args.smoke else 2.0)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="litenext-bench-") as folder:
+        for name in names:
+            rows.append(measure_model(name, args, folder, log))
+    data = data_throughput(args)
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    import ai_edge_litert
+
+    header = (f"Command `{command.strip()}`, {datetime.date.today()}; {machine()}; load average "
+              f"{os.getloadavg()[0]:.1f} at the end; tensorflow {tf.__version__}, keras {keras.__version__}, "
+              f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}; random weights, deploy forms; "
+              f"{args.rounds} interleaved rounds × {args.runs} runs after {args.warmup} warm-up. "
+              "int8 = the default \"cpu\" mode (float islands inside XNNPACK), int8_strict = every op int8.")
+    text = tables(rows, data, gflops, args, header)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "data": data, "gflops": gflops}, f, indent=1, default=str)
+    if not args.no_write:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
