@@ -38,7 +38,7 @@ setup(
         "dicom": ["pydicom>=3,<4"],
         "nifti": ["nibabel>=5,<6"],
         "medical": ["pydicom>=3,<4", "nibabel>=5,<6"],
-        "test": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "mediapipe==1.2.3", "hypothesis>=6",
+        "test": ["pytest>=8", "pytest-xdist>=3", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "mediapipe==1.2.3", "hypothesis>=6",
                  "pydicom>=3,<4", "nibabel>=5,<6"],
         "dev": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "ruff", "hypothesis>=6", "pydicom>=3,<4", "nibabel>=5,<6",
                 "mediapipe==1.2.3"],

@@ -354,11 +354,17 @@ def compare_ops_with_float_math(model_bytes, image):
             return (v.astype(np.float64) - q["zero_points"].reshape(shape)) * q["scales"].reshape(shape)
         return (v.astype(np.float64) - q["zero_points"][0]) * q["scales"][0]
 
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    graph = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes)).subgraphs[0]
+
     def conv(a, name):
         x, w = a[0].astype(np.float32), np.transpose(a[1], (1, 2, 3, 0)).astype(np.float32)
         stride = a[0].shape[1] // out_shape[1]
-        y = (tf.nn.conv2d(x, w, stride, "SAME") if name == "CONV_2D"
-             else tf.nn.depthwise_conv2d(x, w, [1, stride, stride, 1], "SAME"))
+        options = graph.operators[op["index"]].builtinOptions  # dilation: the split 7x7 pieces have (4, 1), (6, 1)
+        dilations = [int(getattr(options, "dilationHFactor", 1) or 1), int(getattr(options, "dilationWFactor", 1) or 1)]
+        y = (tf.nn.conv2d(x, w, stride, "SAME", dilations=dilations) if name == "CONV_2D"
+             else tf.nn.depthwise_conv2d(x, w, [1, stride, stride, 1], "SAME", dilations=dilations))
         return y.numpy() + (a[2] if len(a) > 2 else 0)
 
     math = {
