@@ -65,8 +65,9 @@ def test_quantize_model_rebuilds_the_graph_with_quantizers(tiny, images):
     assert not kinds & {layers.Conv2D, layers.DepthwiseConv2D, layers.Dense, ChannelLayerNorm, ScaleWeightedSum}
     names = {layer.name for layer in qat.layers}
     # same names, plus <layer>_quant; the 7x7 depthwise kernels are split in three (XNNPACK)
-    split = {layer.name for layer in tiny.layers if isinstance(layer, layers.DepthwiseConv2D) and layer.kernel_size == (7, 7)}
-    assert len(split) == 4 and not split & names
+    split = {layer.name for layer in tiny.layers if isinstance(layer, layers.DepthwiseConv2D) and layer.kernel_size == (7, 7)
+             and min(layer.input.shape[1:3]) >= 7}  # maps smaller than the kernel keep it whole
+    assert split and not split & names
     assert {layer.name for layer in tiny.layers} - split <= names
     assert {f"{n}_split{i}" for n in split for i in range(3)} <= names
     assert qat.get_layer("image_quant").fixed_range == [0.0, 1.0]
