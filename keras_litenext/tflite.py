@@ -374,7 +374,7 @@ def write_bytes(path, data):
             f.write(data)
 
 
-def _outside_window(graph, op, inputs, rule, low, high):
+def _outside_window(graph, op, rule, low, high):
     """True when an int8 ADD/SUB (`rule="each"`: every input scale over the output's) or MUL
     (`"product"`: the input scales' product over the output's) is outside XNNPACK's window, or a
     RELU (`"same"`) changes the quantization (XNNPACK runs it as a clamp on the input's grid)."""
@@ -449,7 +449,7 @@ def float_islands(data, ops=ISLAND_OPS, scale_windows=True):
             inputs = [i for i in op.inputs if i >= 0]  # constants too (an epsilon ADD's): DEQUANTIZE takes them
             int8 = all(graph.tensors[i].type == schema.TensorType.INT8 for i in [*inputs, *op.outputs])
             code = code_of(model.operatorCodes[op.opcodeIndex])
-            wanted = code in targets or (code in window and _outside_window(graph, op, inputs, *window[code]))
+            wanted = code in targets or (code in window and _outside_window(graph, op, *window[code]))
             if not wanted or not int8:
                 operators.append(op)
                 continue
