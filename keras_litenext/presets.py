@@ -13,7 +13,8 @@ A preset folder holds
 
 `save_preset(run, folder)` writes one from a run folder of `training/fit.py`;
 `load_preset(name_or_folder)` returns the Keras model; `preset_metadata` its `metadata.json`;
-`list_presets()` names the presets bundled with the package (`keras_litenext/presets/<name>/`).
+`list_presets()` names the presets bundled with the package (`keras_litenext/presets/<name>/`);
+`open_preset` gives the model with its run settings, what `training/predict.py --preset` uses.
 
 Example:
 >>> save_preset("runs/litenext-dsb2018_96-20261122-101500", "presets/litenext-nuclei", licence="CC0-1.0")
@@ -28,7 +29,7 @@ import tempfile
 
 from keras_litenext.utils import write_json
 
-__all__ = ["PresetError", "list_presets", "load_preset", "preset_metadata", "preset_path", "save_preset"]
+__all__ = ["PresetError", "list_presets", "load_preset", "open_preset", "preset_metadata", "preset_path", "save_preset"]
 
 BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 CONFIG, WEIGHTS, METADATA, RUN = "config.json", "model.weights.h5", "metadata.json", "run.json"
@@ -93,6 +94,23 @@ def load_preset(name_or_folder, compile=False):
     if compile:
         model.compile()
     return model
+
+
+def open_preset(name_or_folder):
+    """`(model, run)` of a preset: its Keras model and a `runs.Run` (no folder) of its settings,
+    so inference preprocesses, decodes and names classes as the training run did."""
+    from keras_litenext.runs import Run, TrainConfig
+
+    folder = preset_path(name_or_folder)
+    path = os.path.join(folder, RUN)
+    if not os.path.isfile(path):
+        raise PresetError(f"{folder}: {RUN} missing (the preset was not written by save_preset).")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = TrainConfig.from_dict(json.load(f))
+    except (ValueError, TypeError) as err:
+        raise PresetError(f"{path}: unreadable run settings ({err}).") from None
+    return load_preset(folder), Run(None, config)
 
 
 def save_preset(run, folder, name=None, description=None, licence=None, tflite=None, overwrite=False):

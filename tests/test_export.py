@@ -847,6 +847,29 @@ def bundled_pixels(count=8):
     return np.stack([cv2.imread(os.path.join(folder, f), cv2.IMREAD_COLOR)[..., ::-1] for f in sorted(os.listdir(folder))[:count]])
 
 
+def test_predict_cli_runs_a_bundled_preset(tmp_path, capsys):
+    from importlib.machinery import SourceFileLoader
+
+    predict = SourceFileLoader("predict", os.path.join(ROOT, "training", "predict.py")).load_module()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = sorted(os.listdir(os.path.join(sample_data_dir(), "images")))[:2]
+    for n in names:
+        shutil.copy(os.path.join(sample_data_dir(), "images", n), folder / n)
+    out = tmp_path / "out"
+    assert predict.main(["--preset", "litenext-nuclei", str(folder), "--output", str(out)]) == 0
+    model = keras_litenext.load_preset("litenext-nuclei")
+    expected = run_eager(model, x01(bundled_pixels(2)))[..., 0] > 0  # sigmoid > 0.5, as predict.py's default
+    for n, fg in zip(names, expected):
+        mask = cv2.imread(str(out / n.replace(".png", "_mask.png")), cv2.IMREAD_GRAYSCALE)
+        assert np.mean((mask == 255) == fg) >= 0.999
+    capsys.readouterr()
+    assert predict.main(["--preset", "no-such-preset", str(folder), "--output", str(tmp_path / "x")]) == 1
+    assert "no preset 'no-such-preset'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a model and a preset: one of the two
+        predict.main([str(folder), str(folder), "--preset", "litenext-nuclei"])
+
+
 @needs_mediapipe
 def test_bundled_preset_loads_and_its_int8_file_runs_in_mediapipe():
     from keras_litenext import presets as P

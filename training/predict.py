@@ -4,6 +4,10 @@ classify them (a classification run): a CSV of class probabilities.
     python training/predict.py runs/my-run path/to/images --output predictions/
     python training/predict.py model.keras photo.png --mode tile
     python training/predict.py runs/my-classifier path/to/images --output out/   # out/predictions.csv
+    python training/predict.py --preset litenext-nuclei path/to/images          # a bundled trained model
+
+--preset takes a preset's name (`keras_litenext.list_presets()`) or folder (`save_preset`) in
+place of the run folder.
 
 Classification: every image under the folder (sub-folders included) is resized to the
 training size as in training, and OUT/predictions.csv gets one row per file: `file` (path
@@ -55,6 +59,7 @@ from keras_litenext.medical_io import (
     read_slices,
     write_labels,
 )
+from keras_litenext.presets import PresetError, list_presets, open_preset
 from keras_litenext.runs import RunError, open_source
 from keras_litenext.utils import ensure_writable
 from keras_litenext.visualize import add_legend, overlay_labels, save_png
@@ -62,8 +67,10 @@ from keras_litenext.visualize import add_legend, overlay_labels, save_png
 
 def parser():
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=cli.existing_path, help="run folder of training/fit.py, or a .keras file")
-    p.add_argument("images", type=cli.existing_path, help="an image file, or a folder of images")
+    p.add_argument("model", type=cli.existing_path, nargs="?",
+                   help="run folder of training/fit.py, or a .keras file (not with --preset)")
+    p.add_argument("images", type=cli.existing_path, nargs="?", help="an image file, or a folder of images")
+    p.add_argument("--preset", help="a preset's name or folder in place of MODEL (bundled: %s)" % (", ".join(list_presets()) or "none"))
     p.add_argument("--output", type=cli.output_path, default="predictions", help="folder for the results (default: %(default)s)")
     p.add_argument("--mode", default="resize", choices=MODES, help="how to handle other sizes (default: %(default)s)")
     p.add_argument("--overlap", type=cli.float_range(0.0, 1.0, high_open=True), default=0.5,
@@ -90,9 +97,16 @@ def output_stems(paths):
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.preset is not None and args.images is None:
+        args.model, args.images = None, args.model
+    if args.preset is not None and args.model is not None:
+        p.error("give either MODEL or --preset, not both")
+    if args.images is None:
+        p.error("the following arguments are required: " + ("images" if args.model or args.preset else "model, images"))
     try:
-        model, run = open_source(args.model)
+        model, run = open_source(args.model) if args.preset is None else open_preset(args.preset)
         task = task_of(model, None if run is None else run.config)
         if task.kind == "classification":
             target = os.path.join(args.output, "predictions.csv")
@@ -141,7 +155,7 @@ def main(argv=None):
             save_png(os.path.join(args.output, f"{stem}_overlay.png"), picture)
             fractions = ", ".join(f"{n} {np.mean(labels == c):.1%}" for c, n in enumerate(task.class_names) if c)
             print(f"{path}: {image.shape[1]}x{image.shape[0]}, {fractions}")
-    except (data_lib.DatasetError, OSError, RunError, ValueError) as err:
+    except (data_lib.DatasetError, OSError, RunError, PresetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{len(paths)} image(s) -> {args.output}")
