@@ -13,7 +13,9 @@ converter ships):
 - `.tflite` files as `tflite/convert.py` makes them: fp32, fp16, int8 in the default "cpu"
   mode (float islands inside XNNPACK) and in "strict" mode (every op int8), the int8 ones from
   the calibrated QAT graph; XNNPACK partitions of each; LiteRT (XNNPACK) latency, batch 1, at
-  each `--threads`;
+  each `--threads`; for a model with depthwise kernels of more than 25 taps also the fp32 file
+  with those kernels whole (`fp32_whole`, the file before `split_depthwise_kernels`), timed in
+  the same rounds;
 - the Keras model: TensorFlow `tf.function` at batch 1 and 8, and JAX `jit` at batch 1 (in a
   child process: the backend is chosen at import), intra-op threads set to each `--threads`;
 - training throughput on the CPU (TensorFlow backend, batch 8, the task's loss, images/s after
@@ -21,7 +23,8 @@ converter ships):
 - the authors' PyTorch LiteNeXt when `--reference-dir` points at a checkout of their repository
   (github.com/tranngocduvnvp/LiteNeXt.; their code is imported from there at run time).
 
-Then the tf.data training pipeline's throughput at 256² (`bench_data.py`'s measurement).
+Then the tf.data training pipeline's throughput at 256² (`bench_data.py`'s measurement), and
+LiteNeXt's speed goals against what this run measured (`goals`).
 Latencies are medians of interleaved rounds (every contender once per round, so a change of
 load hits all alike); ratios are computed within the run. The machine, CPU flags, versions,
 date and command head every table. `--write` (default) replaces the suite's section of
@@ -95,32 +98,23 @@ def machine():
     return f"{model} ({', '.join(simd) or 'no AVX2'}), {os.cpu_count()} cores"
 
 
+GEMM_CODE = """
+import json, time, numpy as np
+a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+a @ a
+n, t0 = 0, time.perf_counter()
+while time.perf_counter() - t0 < {seconds}:
+    a @ a
+    n += 1
+print(json.dumps({{"gflops": 2 * 512**3 * n / (time.perf_counter() - t0) / 1e9}}))
+"""
+
+
 def matmul_gflops(seconds=1.0):
-    """Measured float32 GEMM rate of one thread (GFLOP/s): the floor's denominator."""
-    import numpy as np
-
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scipy / scikit-learn
-        threadpool_limits = None
-    a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
-    ctx = threadpool_limits(1) if threadpool_limits else _null()
-    with ctx:
-        a @ a
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            a @ a
-            n += 1
-        dt = time.perf_counter() - t0
-    return 2 * 512**3 * n / dt / 1e9
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    """Measured float32 GEMM rate of one thread (GFLOP/s): the floor's denominator. In a child
+    process whose BLAS is limited to one thread before NumPy loads it."""
+    one = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")}
+    return child(GEMM_CODE.format(seconds=seconds), env=one)["gflops"]
 
 
 def interleaved(contenders, runs, rounds, warmup):
@@ -213,19 +207,22 @@ def measure_model(name, args, folder, log):
     }
     if args.smoke:
         builds.pop("fp16")
+    whole = Q.deployment_model(model, max_depthwise_taps=None)
+    if len(Q.deployment_model(model).layers) != len(whole.layers):  # it has kernels to split: time the file without
+        builds["fp32_whole"] = lambda: tflite.convert(whole, "fp32", rewrite=False)
     for kind, build in builds.items():
         path = os.path.join(folder, f"{name}_{kind}.tflite")
         tflite.write_bytes(path, build())
     strict = open(os.path.join(folder, f"{name}_int8_strict.tflite"), "rb").read()
     tflite.write_bytes(os.path.join(folder, f"{name}_int8.tflite"), tflite.apply_int8_mode(strict, "cpu"))
-    for kind in kinds(args):
+    for kind in kinds(args) + (("fp32_whole",) if "fp32_whole" in builds else ()):
         path = os.path.join(folder, f"{name}_{kind}.tflite")
         info, parts = tflite.inspect_tflite(path), tflite.xnnpack_partitions(path)
         row["files"][kind] = {"path": path, "kib": round(os.path.getsize(path) / 1024), "partitions": parts["partitions"],
                               "not_delegated": parts["not_delegated"], "float_ops": sum(info["float_ops"].values())}
     log(f"{name}: {size}², converted in {time.time() - t0:.0f} s")
 
-    files = [row["files"][k]["path"] for k in kinds(args)]
+    files = [f["path"] for f in row["files"].values()]
     for r in tflite.benchmark(files, threads=tuple(args.threads), runs=args.runs, rounds=args.rounds, warmup=args.warmup):
         kind = r["name"][len(name) + 1 : -len(".tflite")]
         row["files"][kind][f"ms_{r['threads']}t"] = r["median_ms"]
@@ -312,7 +309,53 @@ def tables(rows, data, gflops, args, header):
     if data:
         lines += ["", f"### tf.data training pipeline at {args.image_size}²", "",
                   f"{data['augmented']:.0f} images/s with augmentation, {data['plain']:.0f} without (median of windows)."]
+    rows_goals = goals(rows, gflops, args, data)
+    if rows_goals:
+        mark = {True: "met", False: "**not met**", None: "-"}
+        lines += ["", "### LiteNeXt's speed goals, this run", "", "| goal | measured | |", "|---|---|---|"]
+        lines += [f"| {g} | {m} | {mark[ok]} |" for g, m, ok in rows_goals]
     return "\n".join(lines) + "\n"
+
+
+def goals(rows, gflops, args, data=None):
+    """LiteNeXt's speed goals (the speed issue's list) against this run: `(goal, measured, met)`
+    rows; a goal this run cannot measure says what it needs."""
+    r = next((r for r in rows if r["model"] == "litenext"), None)
+    if r is None:
+        return []
+    n = 2 if 2 in args.threads else max(args.threads)
+    f = {k: v.get(f"ms_{n}t") for k, v in r["files"].items()}
+    flags = machine()
+    fast_int8 = any(k in flags for k in ("avx512_vnni", "avx_vnni", "asimddp"))
+    out = []
+    if f.get("fp32_whole"):
+        gain = f["fp32_whole"] / f["fp32"]
+        out.append((f"fp32 .tflite ≥ 2.5× faster than the file with whole 7×7 kernels ({n} threads)",
+                    f"{f['fp32_whole']:.1f} → {f['fp32']:.1f} ms: {gain:.2f}×", gain >= 2.5))
+    limit = 0.6 if fast_int8 else 1.0
+    ratio = f["int8"] / f["fp32"]
+    out.append((f"int8 ≤ {limit}× fp32 ({'a VNNI / dot-product CPU' if fast_int8 else 'a CPU without VNNI'}, {n} threads)",
+                f"{f['int8']:.1f} / {f['fp32']:.1f} ms: {ratio:.2f}×", ratio <= limit))
+    torch_ms = r["keras"].get("pytorch_b1")
+    t = max(args.threads)
+    if torch_ms:
+        out.append((f"int8 ≤ 0.1× the authors' PyTorch LiteNeXt ({t} threads)",
+                     f"{r['files']['int8'][f'ms_{t}t']:.1f} / {torch_ms:.1f} ms: {r['files']['int8'][f'ms_{t}t'] / torch_ms:.2f}×",
+                     r["files"]["int8"][f"ms_{t}t"] <= 0.1 * torch_ms))
+        out.append((f"Keras (TF `tf.function`) ≤ 0.3× the authors' PyTorch LiteNeXt ({t} threads)",
+                     f"{r['keras']['tf_b1']:.1f} / {torch_ms:.1f} ms: {r['keras']['tf_b1'] / torch_ms:.2f}×",
+                     r["keras"]["tf_b1"] <= 0.3 * torch_ms))
+    else:
+        out.append(("int8 ≤ 0.1× and Keras ≤ 0.3× the authors' PyTorch LiteNeXt", "not measured: run with --reference-dir", None))
+    floor = 2 * r["macs"] / (gflops * 1e9) * 1e3
+    best = min(v for k, v in ((k, r["files"][k].get("ms_1t")) for k in kinds(args)) if v)
+    out.append(("state the floor (1 thread)", f"{r['macs'] / 1e6:.0f} M MACs at {gflops:.0f} GFLOP/s: {floor:.1f} ms; "
+                f"best file {best:.1f} ms, {best / floor:.1f}× the floor", True))
+    if data:
+        out.append((f"tf.data pipeline ≥ 400 images/s at {args.image_size}² with augmentation ({os.cpu_count()} cores)",
+                    f"{data['augmented']:.0f} images/s", data["augmented"] >= 400))
+    out.append(("GPU training ≥ 1.5× the reference on the same GPU", "not measured: no GPU in this run", None))
+    return out
 
 
 def write_section(text):

@@ -160,7 +160,7 @@ def save_preset(run, folder, name=None, description=None, licence=None, tflite=N
         "channels": config.channels,
         "intensity": config.intensity,
         "parameters": int(model.count_params()),
-        "training_data": {"name": data, "splits": _split_sizes(run_obj)},
+        "training_data": {"name": data, "splits": run_obj.split_sizes()},
         "metrics": metrics,
         "licence": licence or "unknown: the licence of the training data applies to the weights",
         "keras_litenext_version": __version__,
@@ -208,7 +208,3 @@ def _portable_settings(config):
         settings["data"] = None
     return settings
 
-
-def _split_sizes(run):
-    splits = run.splits()
-    return None if splits is None else {k: len(splits[k]) for k in ("train", "val", "test") if k in splits}

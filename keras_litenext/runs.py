@@ -10,6 +10,7 @@
 | `best.keras` | the inference model of the best validation score |
 | `history.csv`, `logs/`, `curves.png` | per-epoch values, TensorBoard logs, their plot |
 | `metrics.json`, `test_overlays.png` | test-split metrics, overlays (segmentation) |
+| `model_card.md` | what the model is (and, for a reconstruction, that it is one), its data, settings and test scores |
 | `metrics.json`, `confusion_matrix.png`, `test_predictions.csv` | test-split scores, confusion matrix, per-image class probabilities (classification) |
 | `backup/` | the training state of the last finished epoch, while training (`training.RunBackup`) |
 | `.lock` | held by the one process training into the folder (`Run.lock`) |
@@ -32,6 +33,7 @@ SPLITS = "splits.json"
 BEST = "best.keras"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
+MODEL_CARD = "model_card.md"
 LOCK = ".lock"
 
 # How each setting is checked (`TrainConfig.validate`); training/fit.py gives its flags the same types.
@@ -95,7 +97,7 @@ class TrainConfig:
     resume: bool = False
     skip_bad: bool = False
     mixed_precision: str = "auto"  # auto: on when a GPU is visible
-    jit_compile: str = "auto"  # auto: on when a GPU is visible
+    jit_compile: str = "auto"  # auto: on when a GPU is visible, and always under JAX
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     verbose: str | int = "auto"
 
@@ -407,6 +409,11 @@ class Run:
         if self.config.splits:
             return data_lib.load_splits(self.config.splits)
         return None
+
+    def split_sizes(self):
+        """`{"train": n, "val": n, "test": n}` images per split, or None (`splits`)."""
+        splits = self.splits()
+        return None if splits is None else {k: len(splits[k]) for k in ("train", "val", "test") if k in splits}
 
     def split_arrays(self, images, masks, stems):
         """Split loaded arrays by the run's split (made and saved on first use)."""

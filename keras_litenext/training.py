@@ -42,8 +42,8 @@ from keras_litenext.intensity import to_float
 from keras_litenext.losses import MWL_WEIGHTS
 from keras_litenext.metrics import summarize
 from keras_litenext.models import create_model, get_spec
-from keras_litenext.runs import BEST, CONFIG, HISTORY, LOCK, METRICS, Run, RunError, TrainConfig
-from keras_litenext.utils import OutputError, atomic_path, ensure_writable, remove_temporaries
+from keras_litenext.runs import BEST, CONFIG, HISTORY, LOCK, METRICS, MODEL_CARD, Run, RunError, TrainConfig
+from keras_litenext.utils import OutputError, atomic_path, ensure_writable, remove_temporaries, write_text
 from keras_litenext.visualize import overlay_labels, plot_history, save_grid
 
 __all__ = ["BestModelCheckpoint", "NonFiniteLossError", "RunBackup", "StopOnNonFiniteLoss", "TrainConfig", "build_datasets",
@@ -508,7 +508,8 @@ def _train(run, strategy=None):
     strategy = strategy or auto_strategy
     if _switch(config.mixed_precision, gpus > 0):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    jit = _switch(config.jit_compile, gpus > 0)
+    # auto: XLA on a GPU; under JAX always (JAX without jit runs op by op, ~10x slower)
+    jit = _switch(config.jit_compile, gpus > 0 or keras.backend.backend() == "jax")
 
     images, masks, stems, report = run.load_data()
     arrays = run.split_arrays(images, masks, stems)
@@ -665,6 +666,7 @@ def finish_run(config, model, arrays, train_seconds=None, spacing=None):
         **results,
     }
     run.write_json(METRICS, summary)
+    write_text(run.file(MODEL_CARD), model_card(config, model, summary, task.summary_line(results)))
     if run.exists(HISTORY):
         plot_history(run.file(HISTORY), run.file("curves.png"))
     if classification:
@@ -679,6 +681,39 @@ def finish_run(config, model, arrays, train_seconds=None, spacing=None):
         counted = f"{results['counted']} of {results['images']} test images"
     print(f"Test {task.summary_line(results)} ({counted}) -> {config.output}")
     return summary
+
+
+def model_card(config, model, summary, result_line):
+    """`model_card.md` of a run: what the model is (its spec, the paper, what a user must know),
+    what it was trained on and how, and its test scores."""
+    from keras_litenext.models import registry
+
+    try:
+        spec = registry.spec_of(model)
+    except ValueError:
+        spec = None
+    splits = Run(config.output, config).split_sizes() or {}
+    lines = [f"# Model card: {config.model}", ""]
+    if spec is not None:
+        lines += [spec.description, "", f"Paper: {spec.reference}.", ""]
+        if spec.notes:
+            lines += [spec.notes, ""]
+    if config.serp:
+        lines += ["Trained with SeRP, a reconstruction of the LiteNeXt paper's self-embedding training "
+                  "(`keras_litenext.serp`): the paper gives no code for it.", ""]
+    lines += [
+        f"- Parameters: {summary['params']:,}",
+        f"- Task: {summary['task']}, classes {', '.join(summary['class_names'])}",
+        f"- Data: `{os.path.basename(os.path.normpath(config.data))}` at {config.image_size}x{config.image_size}, "
+        f"{config.channels} channel(s); split {', '.join(f'{k} {n}' for k, n in splits.items()) or '-'} (seed {config.seed})",
+        f"- Training: {config.epochs} epochs, batch {config.batch_size}, loss {config.loss}, lr {config.lr}, "
+        f"{'augmented' if config.augment else 'no augmentation'}",
+        f"- Test split: {result_line}",
+        "",
+        "Files: `best.keras` (the model), `config.json` (every setting), `metrics.json` (the scores, per image).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _classification_artifacts(run, test_labels, logits, scores):

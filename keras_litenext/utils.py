@@ -172,6 +172,15 @@ def _strict(obj):
     return obj
 
 
+def write_text(path, text):
+    """Write `text` (UTF-8), atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def write_json(path, obj):
     """Write `obj` as indented, strict JSON (NaN -> null), atomically."""
     with atomic_path(path) as tmp:

@@ -864,10 +864,12 @@ def test_predict_cli_runs_a_bundled_preset(tmp_path, capsys):
         mask = cv2.imread(str(out / n.replace(".png", "_mask.png")), cv2.IMREAD_GRAYSCALE)
         assert np.mean((mask == 255) == fg) >= 0.999
     capsys.readouterr()
-    assert predict.main(["--preset", "no-such-preset", str(folder), "--output", str(tmp_path / "x")]) == 1
+    with pytest.raises(SystemExit):
+        predict.main(["--preset", "no-such-preset", str(folder), "--output", str(tmp_path / "x")])
     assert "no preset 'no-such-preset'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a model and a preset: one of the two
         predict.main([str(folder), str(folder), "--preset", "litenext-nuclei"])
+    assert "either MODEL or --preset" in capsys.readouterr().err
 
 
 @needs_mediapipe

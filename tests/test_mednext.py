@@ -156,3 +156,17 @@ def test_short_fit_lowers_the_loss(small_model):
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, run_eagerly=True)
     losses = model.fit(images, targets, batch_size=4, epochs=2, verbose=0, shuffle=False).history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+
+
+def test_run_model_card_says_it_is_a_reconstruction(small_model, tmp_path):
+    from keras_litenext.runs import TrainConfig
+    from keras_litenext.training import model_card
+
+    model, kind = small_model
+    task = "classification" if kind == "classifier" else "binary"
+    config = TrainConfig(model="mednext-cls-t" if kind == "classifier" else "mednext-seg-t", data=str(tmp_path / "data"),
+                         output=str(tmp_path / "run"), task=task, class_names=["normal", "pneumonia"] if kind == "classifier" else None)
+    config.resolve_classes()
+    summary = {"params": model.count_params(), "task": task, "class_names": config.class_names}
+    card = model_card(config, model, summary, "accuracy 0.9")
+    assert "**A reconstruction, not the authors' model.**" in card and "Roy et al." in card and "PLOS ONE" in card

@@ -57,8 +57,12 @@ def trained_run(dataset, tmp_path_factory):
 
 def test_fit_writes_a_complete_run_and_lowers_the_loss(dataset, trained_run):
     run, summary = trained_run
-    for name in ("config.json", "splits.json", "best.keras", "history.csv", "metrics.json", "curves.png", "test_overlays.png"):
+    for name in ("config.json", "splits.json", "best.keras", "history.csv", "metrics.json", "curves.png", "test_overlays.png",
+                 "model_card.md"):
         assert (run / name).exists(), name
+    card = (run / "model_card.md").read_text()
+    assert card.startswith("# Model card: litenext") and "arXiv" in card and "reconstruction" not in card
+    assert f"Dice {summary['dice']['mean']:.4f}" in card and "train 12, val 2, test 2" in card
     assert os.listdir(run / "logs"), "TensorBoard logs"
     assert not (run / "backup").exists(), "backup state is removed after a finished run"
     history = read_history(run)

@@ -121,7 +121,7 @@ def parser():
     g.add_argument("--schedule", default=d.schedule, choices=("cosine", "plateau"), help="learning-rate schedule (default: %(default)s)")
     g.add_argument("--seed", type=T["seed"], default=d.seed, help="seeds the split, augmentation and initialisation (default: %(default)s)")
     g.add_argument("--mixed-precision", default=d.mixed_precision, choices=("auto", "on", "off"), help="float16 compute; auto = on a GPU")
-    g.add_argument("--jit-compile", default=d.jit_compile, choices=("auto", "on", "off"), help="XLA; auto = on a GPU")
+    g.add_argument("--jit-compile", default=d.jit_compile, choices=("auto", "on", "off"), help="XLA; auto = on a GPU, and always under the JAX backend")
     g = p.add_argument_group("run")
     g.add_argument("--output", type=cli.output_path, help="run folder (default: runs/<model>-<data>-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last finished epoch; "

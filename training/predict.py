@@ -59,10 +59,18 @@ from keras_litenext.medical_io import (
     read_slices,
     write_labels,
 )
-from keras_litenext.presets import PresetError, list_presets, open_preset
+from keras_litenext.presets import PresetError, list_presets, open_preset, preset_path
 from keras_litenext.runs import RunError, open_source
 from keras_litenext.utils import ensure_writable
 from keras_litenext.visualize import add_legend, overlay_labels, save_png
+
+
+def preset(value):
+    """argparse type: a bundled preset's name or a preset folder (its folder)."""
+    try:
+        return preset_path(value)
+    except PresetError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parser():
@@ -70,7 +78,7 @@ def parser():
     p.add_argument("model", type=cli.existing_path, nargs="?",
                    help="run folder of training/fit.py, or a .keras file (not with --preset)")
     p.add_argument("images", type=cli.existing_path, nargs="?", help="an image file, or a folder of images")
-    p.add_argument("--preset", help="a preset's name or folder in place of MODEL (bundled: %s)" % (", ".join(list_presets()) or "none"))
+    p.add_argument("--preset", type=preset, help="a preset's name or folder in place of MODEL (bundled: %s)" % (", ".join(list_presets()) or "none"))
     p.add_argument("--output", type=cli.output_path, default="predictions", help="folder for the results (default: %(default)s)")
     p.add_argument("--mode", default="resize", choices=MODES, help="how to handle other sizes (default: %(default)s)")
     p.add_argument("--overlap", type=cli.float_range(0.0, 1.0, high_open=True), default=0.5,

@@ -41,6 +41,8 @@ class ModelSpec:
         torch_key: function mapping a layer name to its module path in the reference PyTorch
             implementation (for `keras_litenext.load_torch_weights`), or None.
         description: one line.
+        notes: what a user must know before trusting the model (for example that it is a
+            reconstruction), shown in every run's `model_card.md`; empty by default.
         default_input_shape: `(height, width, channels)` the builder uses by default.
         reference: the paper (citation and arXiv id).
         deploy: function `model -> model` giving the inference form of a trained model (for
@@ -61,6 +63,7 @@ class ModelSpec:
     feature_layers: Union[Tuple[str, ...], Callable[[keras.Model], Tuple[str, ...]]] = ()
     torch_key: Optional[Callable[[str], Optional[str]]] = None
     description: str = ""
+    notes: str = ""
     default_input_shape: Tuple[Optional[int], Optional[int], int] = (256, 256, 3)
     reference: str = ""
     deploy: Optional[Callable[[keras.Model], keras.Model]] = None

@@ -1,18 +1,23 @@
-// Binary segmentation with a LiteNeXt .tflite file on Android (LiteRT Interpreter API).
+// Binary segmentation with a LiteNeXt .tflite file on Android, through LiteRT's Interpreter API
+// (org.tensorflow.lite.InterpreterApi, CPU with XNNPACK). Checked against LiteRT 2.3.0.
 //
-// Dependency (app/build.gradle.kts):
-//     implementation("com.google.ai.edge.litert:litert:2.1.0")   // or newer
-//     android { androidResources { noCompress += "tflite" } }     // so the model can be memory-mapped
+// Dependency (app/build.gradle.kts), bundled runtime:
+//     implementation("com.google.ai.edge.litert:litert:2.3.0")      // minSdk 24
+//     android { androidResources { noCompress += "tflite" } }        // so the model can be memory-mapped
+// or the Google Play services runtime: play-services-tflite-java instead of litert, wait for
+// TfLite.initialize(context) (a Task) and pass runtime = TfLiteRuntime.FROM_SYSTEM_ONLY (README.md).
 //
-// The model file and its I/O contract (<name>_int8.tflite and <name>_int8.json from
-// tflite/convert.py) go into app/src/main/assets/. The class reads size, dtype, scale and zero
-// point from the model itself, so it works for the int8, uint8 and float files alike.
+// The model file (<name>_int8.tflite from tflite/convert.py, its contract <name>_int8.json beside
+// it) goes into app/src/main/assets/. The class reads size, dtypes, scales and zero points from
+// the model itself, so it runs the default int8 file (uint8 in, float32 out) and the
+// --io int8 / uint8 / float, fp16 and fp32 files alike.
 
 package com.example.litenext
 
 import android.content.Context
 import android.graphics.Bitmap
 import android.graphics.Color
+import android.os.Build
 import java.io.FileInputStream
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
@@ -20,7 +25,8 @@ import java.nio.MappedByteBuffer
 import java.nio.channels.FileChannel
 import kotlin.math.roundToInt
 import org.tensorflow.lite.DataType
-import org.tensorflow.lite.Interpreter
+import org.tensorflow.lite.InterpreterApi
+import org.tensorflow.lite.InterpreterApi.Options.TfLiteRuntime
 
 /** A mask at the model's resolution: `mask[y * width + x]` is true for foreground. */
 class SegmentationResult(val width: Int, val height: Int, val mask: BooleanArray, val logits: FloatArray) {
@@ -31,8 +37,13 @@ class SegmentationResult(val width: Int, val height: Int, val mask: BooleanArray
     }
 }
 
-class LiteNeXtSegmenter(context: Context, assetName: String = "litenext_int8.tflite", numThreads: Int = 2) : AutoCloseable {
-    private val interpreter: Interpreter
+class LiteNeXtSegmenter(
+    context: Context,
+    assetName: String = "litenext_int8.tflite",
+    numThreads: Int = 2,
+    runtime: TfLiteRuntime = TfLiteRuntime.FROM_APPLICATION_ONLY, // FROM_SYSTEM_ONLY: Play services
+) : AutoCloseable {
+    private val interpreter: InterpreterApi
     val height: Int
     val width: Int
     val channels: Int
@@ -47,16 +58,20 @@ class LiteNeXtSegmenter(context: Context, assetName: String = "litenext_int8.tfl
     private val pixels: IntArray
 
     init {
-        val options = Interpreter.Options()
-        options.setNumThreads(numThreads)
-        options.setUseXNNPACK(true) // XNNPACK: the fast CPU path (on by default in recent releases)
-        interpreter = Interpreter(loadModel(context, assetName), options)
+        // XNNPACK (the fast CPU path) is on by default; LiteRT 2.x's Interpreter has no GPU delegate.
+        val options = InterpreterApi.Options().setNumThreads(numThreads).setRuntime(runtime)
+        interpreter = InterpreterApi.create(loadModel(context, assetName), options)
         val inTensor = interpreter.getInputTensor(0)
         val outTensor = interpreter.getOutputTensor(0)
         val shape = inTensor.shape() // [1, height, width, channels], NHWC
         height = shape[1]
         width = shape[2]
         channels = shape[3]
+        val outShape = outTensor.shape()
+        require(outShape.contentEquals(intArrayOf(1, height, width, 1))) {
+            "expected one logit per pixel [1, $height, $width, 1], got ${outShape.contentToString()}: " +
+                "a K-class file needs an arg-max over the last axis (or MediaPipe's category mask)"
+        }
         inputType = inTensor.dataType()
         inputScale = inTensor.quantizationParams().scale
         inputZeroPoint = inTensor.quantizationParams().zeroPoint
@@ -68,10 +83,13 @@ class LiteNeXtSegmenter(context: Context, assetName: String = "litenext_int8.tfl
         pixels = IntArray(width * height)
     }
 
-    /** Segments `bitmap` (any size; resized to the model's input size). */
+    /** Segments `bitmap` (any size and config; resized to the model's input size). */
     fun segment(bitmap: Bitmap): SegmentationResult {
-        val resized = if (bitmap.width == width && bitmap.height == height) bitmap
-                      else Bitmap.createScaledBitmap(bitmap, width, height, true) // bilinear
+        // getPixels throws on HARDWARE bitmaps (API 26+, e.g. ImageDecoder's default): copy first.
+        val readable = if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.O && bitmap.config == Bitmap.Config.HARDWARE)
+            bitmap.copy(Bitmap.Config.ARGB_8888, false) else bitmap
+        val resized = if (readable.width == width && readable.height == height) readable
+                      else Bitmap.createScaledBitmap(readable, width, height, true) // bilinear
         resized.getPixels(pixels, 0, width, 0, 0, width, height)
         input.rewind()
         for (argb in pixels) {
@@ -93,9 +111,10 @@ class LiteNeXtSegmenter(context: Context, assetName: String = "litenext_int8.tfl
         val mask = BooleanArray(n)
         for (i in 0 until n) {
             val logit = when (outputType) {
+                DataType.FLOAT32 -> output.getFloat() // the default int8 file ends in a DEQUANTIZE
                 DataType.INT8 -> (output.get().toInt() - outputZeroPoint) * outputScale
                 DataType.UINT8 -> ((output.get().toInt() and 0xFF) - outputZeroPoint) * outputScale
-                else -> output.getFloat()
+                else -> throw IllegalStateException("unsupported output type $outputType")
             }
             logits[i] = logit
             mask[i] = logit > 0f // sigmoid(logit) > 0.5

@@ -30,6 +30,14 @@ _REFERENCE = (
     "not the DKFZ MedNeXt of Roy et al., MICCAI 2023)"
 )
 
+_NOTES = (
+    "**A reconstruction, not the authors' model.** No code and no full text of the paper are public: only its "
+    "abstract names the three modules (Spatial Encoding Module, Linear Attention FFN, Smooth DwConv FFN) and the "
+    "headline results. The modules' internals, the widths and depths of the T/S/B sizes, the stem, the head and "
+    "the segmentation decoder are this package's choices (README, \"MedNeXt-lightweight (a reconstruction)\"); its scores are not "
+    "the paper's. Not the DKFZ 3D MedNeXt (Roy et al., MICCAI 2023)."
+)
+
 CLS_SPEC = register_model(
     ModelSpec(
         name="mednext_cls",
@@ -42,6 +50,7 @@ CLS_SPEC = register_model(
             "size t/s/b = 2.99/7.64/15.23 M parameters, 0.49/1.27/2.57 G MACs at 224x224; default size s."
         ),
         default_input_shape=(224, 224, 3),
+        notes=_NOTES,
         reference=_REFERENCE,
         contract_kwargs={"size": CONTRACT_SIZE},
     )
@@ -59,6 +68,7 @@ SEG_SPEC = register_model(
             "0.87/2.10/4.01 G MACs at 224x224 (9 classes); default size s."
         ),
         default_input_shape=(256, 256, 3),
+        notes=_NOTES,
         reference=_REFERENCE,
         contract_kwargs={"size": CONTRACT_SIZE, "decoder_depths": (1, 0, 0)},
     )
