@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_litenext.intensity import IntensityError
-from keras_litenext.medical_io import MEDICAL_EXTENSIONS, SLICE_SEPARATOR, is_medical
+from keras_litenext.medical_io import IMAGE_EXTENSIONS, MEDICAL_EXTENSIONS, SLICE_SEPARATOR, file_stem, is_medical
 from keras_litenext.medical_io import load_pair as _load_medical_pair
 from keras_litenext.medical_io import split_name as _split_name
 from keras_litenext.utils import write_json
@@ -63,7 +63,6 @@ __all__ = [
     "split_stems",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLIT_NAMES = ("train", "val", "test")
 _SHOW = 5  # how many names an error message lists before "and N more"
 
@@ -121,8 +120,8 @@ def _list_images(folder, data_dir):
     for name in sorted(os.listdir(folder)):
         if name.startswith(".") or not os.path.isfile(os.path.join(folder, name)):
             continue
-        stem, ext = _split_name(name)
-        if ext.lower() not in IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS:
+        stem, ext = file_stem(os.path.join(folder, name))
+        if ext.lower() not in IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS and not is_medical(os.path.join(folder, name)):
             others.append(name)
             continue
         if stem in by_stem:

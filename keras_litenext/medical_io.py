@@ -4,7 +4,9 @@ Optional extras: ``pip install "keras-litenext[dicom]"`` (pydicom) and ``"keras-
 (nibabel); the `test` extra pulls both. A dataset folder keeps the layout of `keras_litenext.data`:
 ``images/`` and ``masks/`` paired by stem, so ``images/ct01.nii.gz`` goes with
 ``masks/ct01.nii.gz`` (or ``masks/ct01_seg.nii.gz`` with ``masks_suffix="_seg"``), and
-``images/xr7.dcm`` with ``masks/xr7.png`` (or a DICOM / NIfTI holding the labels).
+``images/xr7.dcm`` with ``masks/xr7.png`` (or a DICOM / NIfTI holding the labels). A DICOM is
+known by its content too (the 128-byte preamble and ``DICM``), so PACS exports named ``IM0001``
+or by a UID (``1.2.840.113619.2.5``) are read; their whole name is the stem.
 
 - **DICOM** (`pydicom`): the modality LUT is applied (RescaleSlope / RescaleIntercept, so CT
   values are Hounsfield units), MONOCHROME1 images are inverted after the intensity recipe, the
@@ -34,6 +36,9 @@ import numpy as np
 
 __all__ = [
     "DICOM_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "file_stem",
+    "has_dicom_preamble",
     "MEDICAL_EXTENSIONS",
     "NIFTI_EXTENSIONS",
     "MedicalError",
@@ -45,6 +50,7 @@ __all__ = [
     "write_labels",
 ]
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # read with OpenCV (`data.read_image`)
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 MEDICAL_EXTENSIONS = DICOM_EXTENSIONS + NIFTI_EXTENSIONS
@@ -62,12 +68,35 @@ def split_name(name):
     return os.path.splitext(name)
 
 
+def has_dicom_preamble(path):
+    """Whether the file starts as a DICOM Part 10 file does (128 bytes, then ``DICM``)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_by_content(path):
+    """A DICOM whose name does not say so (no extension, or a UID's last number as one)."""
+    ext = split_name(os.path.basename(os.fspath(path)))[1].lower()
+    return ext not in IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS and has_dicom_preamble(path)
+
+
+def file_stem(path):
+    """`(stem, extension)` of a dataset file: `split_name`, or `(name, "")` for a DICOM known by
+    its content (``1.2.840.5`` and ``1.2.840.6`` stay two stems)."""
+    name = os.path.basename(os.fspath(path))
+    return (name, "") if _dicom_by_content(path) else split_name(name)
+
+
 def is_medical(path):
-    return split_name(os.path.basename(os.fspath(path)))[1].lower() in MEDICAL_EXTENSIONS
+    return split_name(os.path.basename(os.fspath(path)))[1].lower() in MEDICAL_EXTENSIONS or _dicom_by_content(path)
 
 
 def _is_dicom(path):
-    return split_name(os.path.basename(os.fspath(path)))[1].lower() in DICOM_EXTENSIONS
+    return split_name(os.path.basename(os.fspath(path)))[1].lower() in DICOM_EXTENSIONS or _dicom_by_content(path)
 
 
 def _require(module, extra):
@@ -357,8 +386,8 @@ def load_pair(pair, h, w, channels, decode_mask, intensity, slice_axis=2, empty_
 # --------------------------------------------------------------------------------------------
 def label_path(path, output):
     """``OUT/<stem>_labels.nii.gz`` for a NIfTI input (``.nii`` stays ``.nii``), ``OUT/<stem>_labels.dcm`` for a DICOM."""
-    stem, ext = split_name(os.path.basename(os.fspath(path)))
-    return os.path.join(output, f"{stem}_labels{'.dcm' if ext.lower() in DICOM_EXTENSIONS else ext.lower()}")
+    stem, ext = file_stem(path)
+    return os.path.join(output, f"{stem}_labels{'.dcm' if _is_dicom(path) else ext.lower()}")
 
 
 def write_labels(source, labels, path, slice_axis=2, series_uid=None):

@@ -492,3 +492,22 @@ def test_labels_written_back_fit_multiframe_dicom_and_any_slice_axis(tmp_path):
     back = nib.load(out)
     assert out.endswith("v_labels.nii") and np.array_equal(np.asanyarray(back.dataobj), (volume > 50).astype(np.uint8))
     assert np.allclose(back.affine, nib.load(src).affine)
+
+
+def test_dicom_files_known_by_content_whatever_their_name(tmp_path):
+    """PACS exports: no extension (IM0001) or a UID as the name; each is its own stem."""
+    root, images, _, stems = dicom_dataset(tmp_path / "dcm", n=3)
+    names = ["IM0001", "1.2.840.10008.5", "1.2.840.10008.6"]
+    for stem, name in zip(stems, names):
+        os.rename(root / "images" / f"{stem}.dcm", root / "images" / name)
+        os.rename(root / "masks" / f"{stem}.png", root / "masks" / f"{name}.png")
+    (root / "images" / "notes").write_text("not an image")  # no extension, not a DICOM: not a pair
+    recipe = Intensity.parse("window:0,255")
+    x, _, got, _ = data_lib.load_pairs(data_lib.find_pairs(root), None, channels=1, intensity=recipe)
+    assert got == sorted(names)
+    by_name = dict(zip(got, x))
+    for name, image in zip(names, images):
+        np.testing.assert_allclose(to_float(by_name[name])[..., 0], image / 255.0, atol=1e-6)
+    assert medical_io.is_medical(root / "images" / "IM0001") and not medical_io.is_medical(root / "images" / "notes")
+    labels = {medical_io.label_path(root / "images" / n, "out") for n in names}
+    assert labels == {os.path.join("out", f"{n}_labels.dcm") for n in names}

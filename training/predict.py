@@ -126,7 +126,8 @@ def main(argv=None):
             return 0
         if os.path.isdir(args.images):
             paths = sorted(os.path.join(args.images, f) for f in os.listdir(args.images)
-                           if f.lower().endswith(data_lib.IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS))
+                           if f.lower().endswith(data_lib.IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS)
+                           or is_medical(os.path.join(args.images, f)))
             if not paths:
                 raise data_lib.DatasetError(f"{args.images} holds no {'/'.join(data_lib.IMAGE_EXTENSIONS)} images.")
         else:
