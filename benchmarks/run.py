@@ -21,7 +21,8 @@ converter ships):
 - training throughput on the CPU (TensorFlow backend, batch 8, the task's loss, images/s after
   warm-up) and its peak resident memory (a child process per model, so the peak is its own);
 - the authors' PyTorch LiteNeXt when `--reference-dir` points at a checkout of their repository
-  (github.com/tranngocduvnvp/LiteNeXt.; their code is imported from there at run time).
+  (github.com/tranngocduvnvp/LiteNeXt.; their code is imported from there at run time; it needs
+  `pip install torch dropblock`), at batch 1 with `torch.no_grad()`, in the Keras rounds.
 
 Then the tf.data training pipeline's throughput at 256² (`bench_data.py`'s measurement), and
 LiteNeXt's speed goals against what this run measured (`goals`).
@@ -285,7 +286,7 @@ def tables(rows, data, gflops, args, header):
         cells = [f"{r['files'][k]['kib']} / {r['files'][k]['partitions']}" for k in KINDS]
         lines.append(f"| {r['model']} | {r['size']}² | {r['params']:,} | {r['macs'] / 1e9:.3f} G | {floor:.1f} | " + " | ".join(cells) + " |")
     lines += ["", f"Floor: 2 × MACs at {gflops:.0f} GFLOP/s, this CPU's measured one-thread float32 GEMM rate "
-              "(NumPy 512×512); no file computes faster than that.", ""]
+              "(NumPy 512×512): the float32 floor, which no float file beats (int8 kernels, 4 multiplies per VNNI lane, can go under it).", ""]
     lines += ["### Latency, batch 1 (ms, median)", "",
               "| model | threads | " + " | ".join(f".tflite {k}" for k in KINDS) + f" | int8 / fp32 | Keras TF ({max(t)} threads) | Keras TF batch 8, per image | JAX jit (1 thread) | best file / floor |",
               "|---|---|" + "---|" * (len(KINDS) + 5)]
