@@ -120,8 +120,9 @@ def _list_images(folder, data_dir):
     for name in sorted(os.listdir(folder)):
         if name.startswith(".") or not os.path.isfile(os.path.join(folder, name)):
             continue
-        stem, ext = file_stem(os.path.join(folder, name))
-        if ext.lower() not in IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS and not is_medical(os.path.join(folder, name)):
+        path = os.path.join(folder, name)
+        stem, ext = file_stem(path)
+        if ext.lower() not in IMAGE_EXTENSIONS and not is_medical(path):
             others.append(name)
             continue
         if stem in by_stem:

@@ -105,12 +105,7 @@ def open_preset(name_or_folder):
     path = os.path.join(folder, RUN)
     if not os.path.isfile(path):
         raise PresetError(f"{folder}: {RUN} missing (the preset was not written by save_preset).")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = TrainConfig.from_dict(json.load(f))
-    except (ValueError, TypeError) as err:
-        raise PresetError(f"{path}: unreadable run settings ({err}).") from None
-    return load_preset(folder), Run(None, config)
+    return load_preset(folder), Run(None, TrainConfig.read(path))
 
 
 def save_preset(run, folder, name=None, description=None, licence=None, tflite=None, overwrite=False):

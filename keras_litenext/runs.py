@@ -105,6 +105,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def read(cls, path):
+        """The settings stored in a JSON file (a run's `config.json`, a preset's `run.json`).
+
+        Raises:
+            RunError: naming the file, when it does not hold valid settings.
+        """
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        except (ValueError, TypeError) as err:
+            raise RunError(f"{path}: unreadable run settings ({err}).") from None
+
+    @classmethod
     def from_dict(cls, values):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -330,11 +343,7 @@ class Run:
         config_path = os.path.join(path, CONFIG)
         if not os.path.exists(config_path):
             raise FileNotFoundError(f"{config_path} does not exist (is {path} a run folder of training/fit.py?).")
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                config = TrainConfig.from_dict(json.load(f))
-        except (ValueError, TypeError) as err:
-            raise RunError(f"{config_path}: unreadable run settings ({err}).") from None
+        config = TrainConfig.read(config_path)
         config.output = path
         return cls(path, config)
 

@@ -183,9 +183,4 @@ def write_text(path, text):
 
 def write_json(path, obj):
     """Write `obj` as indented, strict JSON (NaN -> null), atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_strict(obj), f, indent=2, allow_nan=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+    write_text(path, json.dumps(_strict(obj), indent=2, allow_nan=False, default=str) + "\n")
