@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from keras_litenext.tflite import benchmark, convert, xnnpack_partitions  # noqa: E402
+from keras_litenext.litert import benchmark, convert, xnnpack_partitions  # noqa: E402
 from keras_litenext.layers import ChannelLayerNorm  # noqa: E402
 from keras_litenext.quantization import QuantChannelLayerNorm, calibrate, quantize_model  # noqa: E402
 

@@ -187,7 +187,7 @@ def measure_model(name, args, folder, log):
     import keras
     import keras_litenext as kl
     from keras_litenext import quantization as Q
-    from keras_litenext import tflite
+    from keras_litenext import litert as tflite
 
     spec = kl.get_spec(name)
     size = -(-args.image_size // spec.size_multiple) * spec.size_multiple

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_litenext import data_classification as C
+from keras_litenext.data import folders as C
 from keras_litenext.data import DatasetError
 from keras_litenext.metrics import classification_scores, roc_auc
 from keras_litenext.models.registry import ModelSpec, get_spec, list_models, register_model, resolve_model_name
@@ -96,7 +96,7 @@ def trained(dataset, tmp_path_factory):
 
 
 def C_train(**settings):
-    from keras_litenext.training import train
+    from keras_litenext.train import train
 
     return train(TrainConfig(**settings))
 
@@ -331,9 +331,9 @@ def test_int8_export_of_a_classifier_is_scored_and_gated(trained, tmp_path):
     markdown = (tmp_path / "tflite" / "report.md").read_text()
     assert "accuracy" in markdown and "AUC" in markdown
     # MediaPipe's ImageClassifier loads both files (metadata inside) and ranks as our LiteRT run does
-    from keras_litenext import metadata
+    from keras_litenext.export import metadata
     from keras_litenext.export import load_source
-    from keras_litenext.tflite import run_tflite
+    from keras_litenext.litert import run_tflite
 
     if metadata.mediapipe_available():
         images = load_source(str(run)).arrays["test"][0]

@@ -17,9 +17,9 @@ import pytest
 import keras_litenext
 from keras_litenext import LiteNeXt
 from keras_litenext import export as E
-from keras_litenext import metadata as M
+from keras_litenext.export import metadata as M
 from keras_litenext import quantization as Q
-from keras_litenext import tflite as T
+from keras_litenext import litert as T
 from keras_litenext.data import make_dataset, sample_data_dir, save_splits, split_stems
 from keras_litenext.layers import ChannelLayerNorm
 from keras_litenext.metrics import per_image_scores
@@ -550,7 +550,7 @@ class Recorder(keras.callbacks.Callback):
 
 
 def test_qat_finetune_keeps_the_best_val_epoch_and_moves_the_weights(arrays):
-    from keras_litenext.qat_finetune import qat_finetune
+    from keras_litenext.export.finetune import qat_finetune
 
     keras.utils.set_random_seed(1)
     inputs = keras.Input((32, 32, 3))
@@ -828,7 +828,7 @@ def test_uint8_input_is_the_camera_pixel_whatever_the_calibration_spans():
 
 
 def test_normalisation_metadata_follows_the_intensity_recipe():
-    from keras_litenext.intensity import Intensity
+    from keras_litenext.data.intensity import Intensity
 
     window = Intensity.parse("window:-1000,400").to_dict()
     assert M.input_normalization("float32", window) == ([-1000.0], [1400.0])  # x = (v + 1000) / 1400

@@ -207,7 +207,7 @@ def test_fit_saves_the_deploy_form_scored_as_validated(tmp_path):
     import cv2
 
     from keras_litenext.runs import Run
-    from keras_litenext.training import TrainConfig, build_datasets, train
+    from keras_litenext.train import TrainConfig, build_datasets, train
 
     rng = np.random.default_rng(0)
     (tmp_path / "data" / "images").mkdir(parents=True)

@@ -21,8 +21,9 @@ from pydicom.uid import (
 from scipy import ndimage
 
 from keras_litenext import data as data_lib
-from keras_litenext import inference, medical_io
-from keras_litenext.intensity import Intensity, IntensityError, to_float
+from keras_litenext import inference
+from keras_litenext.data import medical as medical_io
+from keras_litenext.data.intensity import Intensity, IntensityError, to_float
 from keras_litenext.metrics import (
     average_surface_distance,
     hausdorff95,
@@ -433,7 +434,7 @@ def test_fit_evaluate_predict_on_dicom_files_and_nifti_volumes(tmp_path):
     # the export contract and the metadata state the recipe, with the formula an app applies
     from keras_litenext.export import io_contract
     from keras_litenext.runs import Run
-    from keras_litenext.tflite import convert, write_bytes
+    from keras_litenext.litert import convert, write_bytes
 
     opened = Run.open(run)
     path = str(tmp_path / "m.tflite")
@@ -451,7 +452,7 @@ def _tiny_config(tmp_path):
 
 
 def test_medical_data_defaults_to_a_percentile_stretch(tmp_path):
-    from keras_litenext.intensity import default_for
+    from keras_litenext.data.intensity import default_for
 
     root, _, _ = nifti_dataset(tmp_path / "nii", volumes=1, depth=2)
     assert default_for(root) == Intensity("percentile") and default_for(SAMPLE) == Intensity("uint8")
@@ -461,7 +462,7 @@ def test_recipe_storage_feeds_calibration_conversion_and_tflite_as_floats():
     """uint16 images (a recipe's) reach int8 calibration, the TFLite representative set and the
     TFLite runner as x = v / 65535, like make_dataset gives them to training."""
     from keras_litenext.quantization.calibration import _image_batches
-    from keras_litenext.tflite import representative_dataset
+    from keras_litenext.litert import representative_dataset
 
     x = np.random.default_rng(0).integers(0, 65536, (3, 8, 8, 1)).astype(np.uint16)
     expected = x.astype(np.float32) / 65535.0

@@ -160,7 +160,7 @@ def test_short_fit_lowers_the_loss(small_model):
 
 def test_run_model_card_says_it_is_a_reconstruction(small_model, tmp_path):
     from keras_litenext.runs import TrainConfig
-    from keras_litenext.training import model_card
+    from keras_litenext.train import model_card
 
     model, kind = small_model
     task = "classification" if kind == "classifier" else "binary"

@@ -143,7 +143,7 @@ _INT8_FILES = {}
 
 def int8_file(case):
     """The family's full-int8 file at MediaPipe's I/O (uint8 in, float32 out), converted once."""
-    from keras_litenext import tflite
+    from keras_litenext import litert as tflite
 
     spec, model, images, *_ = case
     if spec.name not in _INT8_FILES:
@@ -156,7 +156,7 @@ def int8_file(case):
 
 def test_quantizes_and_converts_to_full_int8(case):
     pytest.importorskip("tensorflow")
-    from keras_litenext import tflite
+    from keras_litenext import litert as tflite
 
     strict = int8_file(case)
     info = tflite.inspect_tflite(strict)
@@ -183,7 +183,8 @@ def test_mediapipe_task_loads_the_int8_file_and_agrees_with_litert(case, tmp_pat
     real images (the bundled DSB 2018 nuclei), against our LiteRT run of the same file."""
     import cv2
 
-    from keras_litenext import metadata, tflite
+    from keras_litenext import litert as tflite
+    from keras_litenext.export import metadata
     from keras_litenext.data import sample_data_dir
 
     if not metadata.mediapipe_available():

@@ -16,7 +16,7 @@ import numpy as np
 from keras import layers
 
 from keras_litenext import quantization as Q
-from keras_litenext import tflite
+from keras_litenext import litert as tflite
 from keras_litenext.layers import AxialDepthwiseConv
 
 

@@ -161,7 +161,7 @@ def test_batchnorm_that_cannot_fold_becomes_a_depthwise_conv():
     """A BatchNorm after an add (U-Lite's skips) keeps its float output in the QAT model and
     converts to one int8 DEPTHWISE_CONV_2D, not per-tensor MUL/ADD."""
     pytest.importorskip("tensorflow")
-    from keras_litenext import tflite
+    from keras_litenext import litert as tflite
 
     rng = np.random.default_rng(3)
     inputs = keras.Input((8, 8, 3))
@@ -236,7 +236,7 @@ def test_qat_finetune_trains_from_calibrated_ranges():
     to_uint8 = lambda a: (a * 255).round().astype(np.uint8)  # noqa: E731
     train = make_dataset(to_uint8(images[:8]), masks[:8].astype(np.uint8), batch_size=4, shuffle=True, seed=0)
     val = make_dataset(to_uint8(images[8:]), masks[8:].astype(np.uint8), batch_size=4)
-    from keras_litenext.qat_finetune import qat_finetune
+    from keras_litenext.export.finetune import qat_finetune
 
     qat = qat_finetune(model, train, val, epochs=2, lr=1e-3, loss="bce_dice", calibration_steps=2, verbose=0)
     assert Q.is_qat_model(qat) and Q.uncalibrated_quantizers(qat) == []
@@ -302,7 +302,7 @@ def test_keras_ops_nodes_get_quantizers_and_convert_to_int8():
     Q.calibrate(qat, images)
 
     pytest.importorskip("tensorflow")
-    from keras_litenext import tflite
+    from keras_litenext import litert as tflite
 
     data = tflite.convert(qat, "int8", representative_data=images)
     info = tflite.inspect_tflite(data)
@@ -419,7 +419,7 @@ def test_split_depthwise_kernels_is_exact_and_quantizes_each_piece():
 def test_nearest_up_sampling_deploys_without_tile():
     """Keras' nearest UpSampling2D lowers to TILE, which XNNPACK does not run; the deployment and
     QAT forms are CONCATENATION + RESHAPE with the same values."""
-    from keras_litenext import tflite
+    from keras_litenext import litert as tflite
 
     inputs = keras.Input((5, 7, 3))
     x = layers.UpSampling2D(2, name="up2")(inputs)

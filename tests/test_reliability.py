@@ -30,10 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import keras_litenext as kl
-from keras_litenext import cli
+from keras_litenext.cli import args as cli
 from keras_litenext import data as data_lib
 from keras_litenext.runs import Run, RunError, load_model_file
-from keras_litenext.training import NonFiniteLossError, TrainConfig, build_datasets, train
+from keras_litenext.train import NonFiniteLossError, TrainConfig, build_datasets, train
 from keras_litenext.utils import OutputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,7 +185,7 @@ def invalid_values(action, tmp):
         return values
     if kind in (None, str, int, float):
         raise AssertionError(f"{action.option_strings or action.dest} takes unchecked values (type={kind!r}): "
-                             "give it a keras_litenext.cli type or a checking type of its own")
+                             "give it a keras_litenext.cli.args type or a checking type of its own")
 
     def refused(v):  # a flag's own checking type (fit.py --model, --intensity): what it refuses
         try:
@@ -524,7 +524,7 @@ def test_a_full_disk_at_the_end_loses_nothing(dsb16, tmp_path, monkeypatch):
 
 
 def test_a_vanished_run_folder_stops_in_one_line(dsb16, tmp_path, monkeypatch):
-    from keras_litenext import training
+    from keras_litenext import train as training
 
     run = tmp_path / "run"
     real = training.StopOnNonFiniteLoss.on_train_batch_end
@@ -551,7 +551,7 @@ def test_nan_in_the_first_epoch_says_what_is_kept(dsb16, tmp_path):
 def test_nan_after_the_first_epoch_keeps_the_state_and_resume_applies_a_lower_lr(dsb16, tmp_path, monkeypatch):
     """Finding 4: the NaN message's advice ("lower --lr ... --resume") NaNed again, as the
     resumed run kept the stored rate."""
-    from keras_litenext import training
+    from keras_litenext import train as training
 
     run = tmp_path / "run"
     real = training.StopOnNonFiniteLoss.on_train_batch_end
@@ -580,7 +580,7 @@ DRIVER = textwrap.dedent('''
     import json, os, signal, sys, time
     import keras
     from keras_litenext import runs, training
-    from keras_litenext.training import TrainConfig, train
+    from keras_litenext.train import TrainConfig, train
 
     exec(open(sys.argv[4]).read())
     point, out, data = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -696,7 +696,7 @@ def test_kill_anywhere_resume_loses_at_most_one_epoch(killed_runs, point):
 
 def test_a_backup_of_keras_backup_and_restore_still_resumes(tmp_path):
     """A run killed under an earlier version (keras' BackupAndRestore files) goes on from its epoch."""
-    from keras_litenext.training import RunBackup
+    from keras_litenext.train import RunBackup
 
     model = kl.create_model("tinyseg", input_shape=(32, 32, 3), num_classes=1)
     model.compile("adam", "mse")

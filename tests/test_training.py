@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import keras_litenext as kl
-from keras_litenext.training import NonFiniteLossError, StopOnNonFiniteLoss, TrainConfig, train
+from keras_litenext.train import NonFiniteLossError, StopOnNonFiniteLoss, TrainConfig, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(model_kwargs={"width": 8}, image_size=32, batch_size=4, verbose=0, mwl_kernel=3)
@@ -181,7 +181,7 @@ def test_mirrored_strategy_on_two_logical_cpus(dataset, tmp_path):
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from keras_litenext.training import TrainConfig, train
+        from keras_litenext.train import TrainConfig, train
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         assert strategy.num_replicas_in_sync == 2
         s = train(TrainConfig(data={str(dataset)!r}, output={str(tmp_path / 'run')!r}, epochs=1,
@@ -197,7 +197,7 @@ def test_training_on_the_jax_backend(dataset, tmp_path):
     result = run_python(f"""
         import keras
         assert keras.backend.backend() == "jax"
-        from keras_litenext.training import TrainConfig, train
+        from keras_litenext.train import TrainConfig, train
         s = train(TrainConfig(data={str(dataset)!r}, output={str(tmp_path / 'run')!r}, epochs=1,
                               model_kwargs={{"width": 8}}, image_size=32, batch_size=4, verbose=0))
         print("dice", s["dice"]["mean"])
@@ -256,7 +256,7 @@ def test_best_keras_is_the_best_validation_epoch(trained_run):
     val = [float(r["val_dice"]) for r in history]
     model = run.load_model()
     model.compile(metrics=run.task.metrics())
-    from keras_litenext.training import build_datasets
+    from keras_litenext.train import build_datasets
 
     _, val_ds = build_datasets(run.config, run.arrays())
     score = model.evaluate(val_ds, verbose=0, return_dict=True)["dice"]

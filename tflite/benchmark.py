@@ -23,7 +23,7 @@ import platform
 import shlex
 import sys
 
-from keras_litenext import cli
+from keras_litenext.cli import args as cli
 
 
 def _cpu():
@@ -80,7 +80,7 @@ def main(argv=None):
             print(f"error: Keras model {keras_path} not found (pass --keras or --no-keras)", file=sys.stderr)
             return 1
 
-    from keras_litenext.tflite import benchmark
+    from keras_litenext.litert import benchmark
 
     keras_model = None
     if keras_path:

@@ -48,7 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 import argparse
 import sys
 
-from keras_litenext import cli
+from keras_litenext.cli import args as cli
 
 GATE_FAILED = 3
 KINDS = ("int8", "int8_ptq", "fp16", "fp32")

@@ -24,10 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 import argparse
 import sys
 
-from keras_litenext import cli
+from keras_litenext.cli import args as cli
 from keras_litenext import data as data_lib
 from keras_litenext.inference import MODES, evaluate_native
-from keras_litenext.intensity import to_float
+from keras_litenext.data.intensity import to_float
 from keras_litenext.metrics import evaluate_model, volumes
 from keras_litenext.runs import RunError, file_run, open_source
 from keras_litenext.utils import ensure_writable, write_json
@@ -126,7 +126,7 @@ def _classification(args, run, model, task, split):
     if split != "all":
         splits = run.splits()
         if splits is None:
-            from keras_litenext.data_classification import split_images
+            from keras_litenext.data.folders import split_images
 
             splits = split_images(stems, labels, fractions=run.config.split, seed=run.config.seed)
         index = {s: i for i, s in enumerate(stems)}

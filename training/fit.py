@@ -43,14 +43,14 @@ import argparse
 import json
 import sys
 
-from keras_litenext import cli
+from keras_litenext.cli import args as cli
 from keras_litenext.data import DatasetError
 from keras_litenext.losses import LOSSES, MULTICLASS_LOSSES, MWL_WEIGHTS
 from keras_litenext.models import get_spec, list_models
 from keras_litenext.models.registry import resolve_model_name
 from keras_litenext.runs import SETTING_TYPES as T
 from keras_litenext.runs import RunError
-from keras_litenext.training import NonFiniteLossError, TrainConfig, train
+from keras_litenext.train import NonFiniteLossError, TrainConfig, train
 
 
 def model_name(text):
@@ -65,7 +65,7 @@ def model_name(text):
 
 def intensity_recipe(text):
     """`--intensity`: a recipe in its command-line form (`intensity.Intensity.parse`), kept as its dict."""
-    from keras_litenext.intensity import Intensity
+    from keras_litenext.data.intensity import Intensity
 
     try:
         return Intensity.parse(text).to_dict()

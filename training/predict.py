@@ -41,7 +41,7 @@ import sys
 
 import numpy as np
 
-from keras_litenext import cli
+from keras_litenext.cli import args as cli
 from keras_litenext import data as data_lib
 from keras_litenext.inference import (
     MODES,
@@ -50,8 +50,8 @@ from keras_litenext.inference import (
     size_agnostic,
     task_of,
 )
-from keras_litenext.intensity import Intensity, to_float
-from keras_litenext.medical_io import (
+from keras_litenext.data.intensity import Intensity, to_float
+from keras_litenext.data.medical import (
     MEDICAL_EXTENSIONS,
     MedicalError,
     is_medical,
@@ -197,7 +197,7 @@ def predict_medical(model, task, path, args, recipe, how, slice_axis=2):
 
 def classify(model, task, images, output, batch_size=32):
     """Write `output/predictions.csv` for an image or every image under a folder; returns the count."""
-    from keras_litenext.data_classification import write_predictions_csv
+    from keras_litenext.data.folders import write_predictions_csv
 
     if os.path.isdir(images):
         files = []

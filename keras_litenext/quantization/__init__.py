@@ -3,7 +3,7 @@
 `tensorflow-model-optimization` only quantizes `tf_keras` models, so this package does it on
 Keras 3 itself, with `keras.quantizers.fake_quant_with_min_max_vars`. With the TensorFlow
 backend that function lowers to TensorFlow's FakeQuant ops, which `tf.lite.TFLiteConverter`
-turns into the int8 scales and zero points of the converted model (`keras_litenext.tflite`).
+turns into the int8 scales and zero points of the converted model (`keras_litenext.litert`).
 It is a Keras-only core: it knows layers and graphs, nothing of losses, metrics, data or runs.
 
 `quantize_model(model)` rebuilds a trained float model's functional graph so that it computes
@@ -33,12 +33,12 @@ Weights start from the float model. Ranges start uncalibrated: `calibrate` runs 
 with quantization off and sets every range from what it saw (what the TFLite converter's own
 calibration does for post-training quantization); after it, and before any fine-tuning, the QAT
 model predicts what the post-training-quantized file computes. Fine-tuning with a loss and data
-is the application's (`keras_litenext.qat_finetune`).
+is the application's (`keras_litenext.export.finetune`).
 
 Example:
 >>> qat = quantize_model(model)                 # model: a trained float LiteNeXt
 >>> calibrate(qat, train_images[:64])
->>> tflite_bytes = keras_litenext.tflite.convert(qat, "int8", representative_data=train_images[:64])
+>>> tflite_bytes = keras_litenext.litert.convert(qat, "int8", representative_data=train_images[:64])
 """
 
 from keras_litenext.quantization.calibration import RSQRT_QUANTILES, calibrate, choose_rsqrt_quantile, tie_ranges

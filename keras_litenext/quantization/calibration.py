@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from keras_litenext.intensity import to_float
+from keras_litenext.data.intensity import to_float
 from keras_litenext.quantization.graph import is_qat_model, quant_layers, set_quant_mode
 
 

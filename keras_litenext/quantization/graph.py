@@ -453,7 +453,7 @@ def deployment_model(model, max_depthwise_taps=MAX_DEPTHWISE_TAPS):
     deployment form is replaced by it (`ChannelLayerNorm` -> `DeployChannelLayerNorm`,
     `RepeatVector` -> `ConcatRepeatVector`, ...), and depthwise kernels of more than
     `max_depthwise_taps` taps are split (`split_depthwise_kernels`; None keeps them whole).
-    `keras_litenext.tflite.convert` applies it to float models. Returns `model` itself when
+    `keras_litenext.litert.convert` applies it to float models. Returns `model` itself when
     nothing changes."""
     replacements = {}
     for layer in _operations(model):

@@ -11,7 +11,7 @@ import math
 import keras
 import numpy as np
 
-from keras_litenext.intensity import to_float
+from keras_litenext.data.intensity import to_float
 from keras_litenext.quantization import (
     calibrate,
     choose_rsqrt_quantile,
@@ -75,7 +75,7 @@ def qat_finetune(
 
     Args:
         model: a trained float model (quantized here with `quantize_model`) or a QAT model.
-        train_ds: training batches `(image, mask)`, e.g. from `keras_litenext.training.build_datasets`
+        train_ds: training batches `(image, mask)`, e.g. from `keras_litenext.train.build_datasets`
             (same augmentation as training).
         val_ds: optional validation batches; with `keep_best`, the weights of the best
             `monitor` epoch are kept (the calibrated start counts, so fine-tuning never makes
@@ -101,7 +101,7 @@ def qat_finetune(
             takes minutes). Defaults to False.
 
     Returns:
-        The fine-tuned QAT model (compiled), ready for `keras_litenext.tflite.convert(qat, "int8", ...)`.
+        The fine-tuned QAT model (compiled), ready for `keras_litenext.litert.convert(qat, "int8", ...)`.
         Its `qat_history` attribute holds the `fit` history (None when epochs is 0),
         `qat_start_score` the `monitor` value of the calibrated start (None without `val_ds`)
         and `qat_best_epoch` the epoch kept (0: the calibrated start).
@@ -188,7 +188,7 @@ def finetune_run(model, config, arrays, epochs=3, lr=1e-5, verbose="auto", calib
         epochs, lr, verbose, calibration_steps: as in `qat_finetune`.
     """
     from keras_litenext.runs import TrainConfig
-    from keras_litenext.training import build_datasets, task_loss
+    from keras_litenext.train import build_datasets, task_loss
 
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)

@@ -1,10 +1,10 @@
 """Run-level export: from a training run to deployable `.tflite` files with a report and a gate.
 
 `export_run` fine-tunes a run's model with quantization-aware training, converts it to int8
-(QAT and PTQ), fp16 and fp32 files with `keras_litenext.tflite`, scores every file with LiteRT
+(QAT and PTQ), fp16 and fp32 files with `keras_litenext.litert`, scores every file with LiteRT
 on the run's test split through the run's task (binary or multi-class, per class), writes the
 I/O contract of each file and `report.md`, and applies the quality gate. The TFLite mechanics
-live in `keras_litenext.tflite`, the run folder in `keras_litenext.runs`, the meaning of the
+live in `keras_litenext.litert`, the run folder in `keras_litenext.runs`, the meaning of the
 output in `keras_litenext.tasks`.
 
 A classification run (`tasks.ClassificationTask`) goes the same way; its files are scored by
@@ -25,10 +25,10 @@ import types
 
 import numpy as np
 
-from keras_litenext.intensity import Intensity, to_float
+from keras_litenext.data.intensity import Intensity, to_float
 from keras_litenext.runs import RunError, file_run, open_source
 from keras_litenext.tasks import get_task
-from keras_litenext.tflite import (
+from keras_litenext.litert import (
     IO_TYPES,
     ConversionError,
     convert_phone,
@@ -349,8 +349,8 @@ def io_contract(path, model_name, kind, config, meta, task=None):
 
 
 def _metadata_summary(inp, task, intensity=None):
-    """What the TFLite metadata inside the file says (`keras_litenext.metadata`), for the contract."""
-    from keras_litenext.metadata import LABELS_FILE, input_normalization
+    """What the TFLite metadata inside the file says (`keras_litenext.export.metadata`), for the contract."""
+    from keras_litenext.export.metadata import LABELS_FILE, input_normalization
 
     mean, std = input_normalization(inp["dtype"], intensity)
     section = {"labels_file": LABELS_FILE, "normalization": {"mean": mean, "std": std}, "color_space": "RGB",
@@ -518,7 +518,7 @@ def export_run(source, output=None, name=None, io="uint8_float", qat_epochs=3, q
     - `<name>_fp16.tflite`, `<name>_fp32.tflite`;
     - `<file>.json` beside each: its I/O contract (`io_contract`: classes, pixel formula,
       output decoding);
-    - inside every `.tflite`: TFLite metadata for MediaPipe Tasks (`keras_litenext.metadata`:
+    - inside every `.tflite`: TFLite metadata for MediaPipe Tasks (`keras_litenext.export.metadata`:
       normalisation, RGB input, the class names as `labels.txt`, the segmenter activation, a
       description with the model, training data and this file's test metrics), and the class
       names beside them as `<name>_labels.txt`. A grey model's files take RGB and average it
@@ -555,7 +555,7 @@ def export_run(source, output=None, name=None, io="uint8_float", qat_epochs=3, q
             `runs.file_run` takes them.
         int8_mode: `"cpu"` (default: the int8 ops XNNPACK lacks as float islands inside
             XNNPACK, the fastest file on a CPU) or `"strict"` (every op int8, for NPUs and DSPs);
-            see `keras_litenext.tflite.convert`.
+            see `keras_litenext.litert.convert`.
 
     Returns:
         the report dict (also in report.json), with `"gate": {"passed", "message", ...}`.
@@ -569,7 +569,7 @@ def export_run(source, output=None, name=None, io="uint8_float", qat_epochs=3, q
     if qat_epochs < 0:
         raise ExportError(f"qat_epochs must be >= 0, got {qat_epochs}.")
     if metadata:
-        from keras_litenext.metadata import MEDIAPIPE_HINT, mediapipe_available
+        from keras_litenext.export.metadata import MEDIAPIPE_HINT, mediapipe_available
 
         if not mediapipe_available():
             raise ExportError(f"TFLite metadata for MediaPipe needs MediaPipe's metadata writers: {MEDIAPIPE_HINT}; "
@@ -612,7 +612,7 @@ def export_run(source, output=None, name=None, io="uint8_float", qat_epochs=3, q
         if kind.startswith("int8"):  # what the file is: islands, or strict (asked for, or XNNPACK's fallback)
             entry["int8_mode"] = "cpu" if entry["float_op_count"] else "strict"
         if metadata:  # after scoring, so the description names this file's own test metrics
-            from keras_litenext.metadata import add_metadata
+            from keras_litenext.export.metadata import add_metadata
 
             data_bytes, _ = add_metadata(data_bytes, task.class_names, getattr(task, "kind", "segmentation"), task.output_channels,
                                          name=f"{name}_{kind}", input_dtype=entry["input"]["dtype"],
@@ -635,7 +635,7 @@ def export_run(source, output=None, name=None, io="uint8_float", qat_epochs=3, q
                                                int8_mode=int8_mode))
 
     log(f"QAT: calibrating, then fine-tuning {qat_epochs} epoch(s) at lr {qat_lr:g}, keeping the best {task.monitor}")
-    from keras_litenext.qat_finetune import finetune_run
+    from keras_litenext.export.finetune import finetune_run
 
     qat = finetune_run(model, config, arrays, epochs=qat_epochs, lr=qat_lr, verbose=verbose, calibration_steps=max(1, num_calibration // 8))
     qat_result = score_logits(task, test_masks, _predict(qat, test_images))

@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-from keras_litenext.intensity import to_float
+from keras_litenext.data.intensity import to_float
 from keras_litenext.utils import atomic_path
 
 KINDS = ("fp32", "fp16", "int8")

@@ -38,7 +38,7 @@ import keras
 import numpy as np
 
 from keras_litenext import data as data_lib
-from keras_litenext.intensity import to_float
+from keras_litenext.data.intensity import to_float
 from keras_litenext.losses import MWL_WEIGHTS
 from keras_litenext.metrics import summarize
 from keras_litenext.models import create_model, get_spec
@@ -211,13 +211,13 @@ def _resolve(config):
     config.data = os.path.abspath(config.data)  # the run folder must work from any directory
     task = config.resolve_classes()
     if not config.image_size and task.kind == "classification":
-        from keras_litenext.data_classification import default_image_size, probe_size
+        from keras_litenext.data.folders import default_image_size, probe_size
 
         config.image_size = default_image_size(max(probe_size(config.data)), get_spec(config.model).size_multiple)
     config.image_size = config.image_size or 256
     config.epochs = config.epochs or DEFAULT_EPOCHS
     if config.intensity is None and task.kind != "classification":  # stored, so config.json says how pixels map
-        from keras_litenext.intensity import default_for
+        from keras_litenext.data.intensity import default_for
 
         config.intensity = default_for(config.data).to_dict()
     if config.output is None:
@@ -445,7 +445,7 @@ def build_datasets(config, arrays):
     classification runs `(image, label)` with flips and small rotations of the image only."""
     task = config.task_spec
     if task.kind == "classification":
-        from keras_litenext import data_classification as cls_data
+        from keras_litenext.data import folders as cls_data
 
         train_images, train_labels = arrays["train"]
         augment = cls_data.classification_augmenter(seed=config.seed) if config.augment else None
@@ -718,7 +718,7 @@ def model_card(config, model, summary, result_line):
 
 def _classification_artifacts(run, test_labels, logits, scores):
     """`confusion_matrix.png` and `test_predictions.csv` of a classification run."""
-    from keras_litenext.data_classification import write_predictions_csv
+    from keras_litenext.data.folders import write_predictions_csv
     from keras_litenext.visualize import plot_confusion_matrix
 
     task = run.task

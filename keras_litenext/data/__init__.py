@@ -3,9 +3,9 @@
 A dataset folder holds ``images/`` and ``masks/``, paired by file stem (a mask stem may carry a
 suffix, e.g. ``ISIC_0001.jpg`` and ``ISIC_0001_segmentation.png`` with
 ``masks_suffix="_segmentation"``). PNG, JPEG, BMP and TIFF files, 8 or 16 bit, grey, RGB or RGBA;
-DICOM and NIfTI files through `keras_litenext.medical_io` (volumes give one example per slice).
+DICOM and NIfTI files through `keras_litenext.data.medical` (volumes give one example per slice).
 How stored values become the network's input is the dataset's intensity recipe
-(`keras_litenext.intensity`; default: 8-bit, ``p / 255``).
+(`keras_litenext.data.intensity`; default: 8-bit, ``p / 255``).
 
 Pipeline:
 
@@ -40,10 +40,10 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from keras_litenext.intensity import IntensityError
-from keras_litenext.medical_io import IMAGE_EXTENSIONS, MEDICAL_EXTENSIONS, SLICE_SEPARATOR, file_stem, is_medical
-from keras_litenext.medical_io import load_pair as _load_medical_pair
-from keras_litenext.medical_io import split_name as _split_name
+from keras_litenext.data.intensity import IntensityError
+from keras_litenext.data.medical import IMAGE_EXTENSIONS, MEDICAL_EXTENSIONS, SLICE_SEPARATOR, file_stem, is_medical
+from keras_litenext.data.medical import load_pair as _load_medical_pair
+from keras_litenext.data.medical import split_name as _split_name
 from keras_litenext.utils import write_json
 
 __all__ = [
@@ -509,7 +509,7 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
         """`([(stem, image, mask, spacing)], issues)`: one example of a 2-D file, one per slice of a volume."""
         try:
             if is_medical(pair.image) or is_medical(pair.mask):
-                from keras_litenext.intensity import Intensity
+                from keras_litenext.data.intensity import Intensity
 
                 return _load_medical_pair(
                     pair, h, w, channels, decode_mask, intensity or Intensity(), slice_axis, empty_slices,

@@ -269,7 +269,7 @@ def default_for(data_dir):
     """The recipe a new run gets when none is chosen: a percentile stretch (0.5..99.5) when the
     dataset's ``images/`` holds DICOM or NIfTI files (their values have no fixed 0..255 scale),
     else the 8-bit one."""
-    from keras_litenext.medical_io import is_medical
+    from keras_litenext.data.medical import is_medical
 
     folder = os.path.join(os.fspath(data_dir), "images")
     try:

@@ -22,7 +22,7 @@ import cv2
 import keras
 import numpy as np
 
-from keras_litenext.intensity import to_float
+from keras_litenext.data.intensity import to_float
 from keras_litenext.metrics import summarize
 from keras_litenext.runs import open_source
 
@@ -250,8 +250,8 @@ def predict_slices(model, slices, labels_fn, intensity=None, **predict_kwargs):
         intensity: the run's `intensity.Intensity` (default: 8-bit).
         **predict_kwargs: `mode`, `dynamic_model`, `overlap`, `tta` of `predict_image`.
     """
-    from keras_litenext.intensity import Intensity
-    from keras_litenext.medical_io import _rgb_channels
+    from keras_litenext.data.intensity import Intensity
+    from keras_litenext.data.medical import _rgb_channels
 
     recipe = intensity or Intensity()
     channels = int(model.input_shape[-1])

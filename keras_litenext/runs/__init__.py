@@ -25,7 +25,7 @@ import json
 import os
 import zipfile
 
-from keras_litenext import cli
+from keras_litenext.cli import args as cli
 from keras_litenext.utils import write_json
 
 CONFIG = "config.json"
@@ -144,7 +144,7 @@ class TrainConfig:
             if getattr(self, name) not in ("auto", "on", "off", True, False):
                 raise ValueError(f"--{name.replace('_', '-')}: must be auto, on or off, got {getattr(self, name)!r}")
         if self.intensity is not None:
-            from keras_litenext.intensity import Intensity
+            from keras_litenext.data.intensity import Intensity
 
             try:
                 self.intensity = Intensity.from_dict(self.intensity).to_dict()
@@ -157,7 +157,7 @@ class TrainConfig:
     @property
     def recipe(self):
         """The `intensity.Intensity` of these settings (8-bit when none is set)."""
-        from keras_litenext.intensity import Intensity
+        from keras_litenext.data.intensity import Intensity
 
         return Intensity.from_dict(self.intensity)
 
@@ -203,7 +203,7 @@ class TrainConfig:
         return task
 
     def _resolve_image_classes(self):
-        from keras_litenext.data_classification import read_class_names
+        from keras_litenext.data.folders import read_class_names
 
         if self.palette:
             raise ValueError("--palette maps mask colours to classes; it has no meaning for image classification.")
@@ -430,7 +430,7 @@ class Run:
 
         splits = self.splits()
         if splits is None and self.task.kind == "classification":
-            from keras_litenext.data_classification import split_images
+            from keras_litenext.data.folders import split_images
 
             splits = split_images(stems, masks, fractions=self.config.split, seed=self.config.seed)
         elif splits is None:
@@ -457,7 +457,7 @@ class Run:
             raise RunError(f"{self.path}: its dataset folder {folder!r} is not here; pass --data <dataset folder>.")
         size = cfg.image_size if image_size == "train" else image_size
         if self.task.kind == "classification":
-            from keras_litenext.data_classification import load_image_folder
+            from keras_litenext.data.folders import load_image_folder
 
             images, labels, stems, _, report = load_image_folder(
                 folder, size, channels=cfg.channels, class_names=self.task.class_names,

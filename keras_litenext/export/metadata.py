@@ -131,7 +131,7 @@ def input_normalization(input_dtype, intensity=None):
 
     A float input is `x = (v - mean) / std`: `(0, 255)` for 8-bit pixels (the default `/255`
     mapping), or the `norm_mean` / `norm_std` of a fixed linear intensity recipe (a window:
-    `keras_litenext.intensity.Intensity.to_dict()`, the run's `config.json` `"intensity"`). A
+    `keras_litenext.data.intensity.Intensity.to_dict()`, the run's `config.json` `"intensity"`). A
     per-image recipe (percentile stretch, z-score) is no fixed map: the app computes its `x` in
     [0, 1] and hands over the 8-bit image `p = round(255 x)`, so `(0, 255)` again. A uint8
     input takes the pixels as they are (`(0, 1)`; its quantization parameters, scale 1/255 and
