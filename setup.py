@@ -18,6 +18,7 @@ setup(
     packages=find_packages(include=["keras_litenext", "keras_litenext.*"]),
     package_data={"keras_litenext": ["assets/**/*", "presets/**/*"]},
     include_package_data=True,
+    entry_points={"console_scripts": ["keras-litenext = keras_litenext.cli:main"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.13,<4",
@@ -38,8 +39,10 @@ setup(
         "dicom": ["pydicom>=3,<4"],
         "nifti": ["nibabel>=5,<6"],
         "medical": ["pydicom>=3,<4", "nibabel>=5,<6"],
-        "test": ["pytest>=8", "pytest-xdist>=3", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "mediapipe==1.2.3", "hypothesis>=6",
-                 "pydicom>=3,<4", "nibabel>=5,<6"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "build>=1", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "mediapipe==1.2.3", "hypothesis>=6",
+                 "pydicom>=3,<4", "nibabel>=5,<6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
+        # the documentation site (mkdocs.yml, docs/; tests/test_docs.py builds it)
+        "docs": ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
         "dev": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "ruff", "hypothesis>=6", "pydicom>=3,<4", "nibabel>=5,<6",
                 "mediapipe==1.2.3"],
     },

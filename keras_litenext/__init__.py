@@ -7,11 +7,27 @@
 # Importing the modules registers their layers, quantization rules, model specs, losses and
 # metrics with Keras, so that any saved `.keras` file of the package loads after
 # `import keras_litenext`.
-from keras_litenext import layers, losses, metrics, quantization
-from keras_litenext import export  # a module that is also callable: keras_litenext.export(model, "out/", ...)
-from keras_litenext.models import LiteNeXt, ModelSpec, create_model, get_spec, list_models, spec_of
-from keras_litenext.models import LVUNet, ULite, model_to_deploy, reparameterize
-from keras_litenext.models import MedNeXtClassifier, MedNeXtSeg
+from keras_litenext import (
+    export,  # keras_litenext.export.export(model, "out/", ...): phone files
+    layers,
+    losses,
+    metrics,
+    quantization,
+)
+from keras_litenext.models import (
+    LiteNeXt,
+    LVUNet,
+    MedNeXtClassifier,
+    MedNeXtSeg,
+    ModelSpec,
+    ULite,
+    create_model,
+    get_spec,
+    list_models,
+    model_to_deploy,
+    reparameterize,
+    spec_of,
+)
 from keras_litenext.presets import list_presets, load_preset, save_preset
 from keras_litenext.utils import count_macs
 from keras_litenext.version import __version__

@@ -153,7 +153,7 @@ def save_preset(run, folder, name=None, description=None, licence=None, tflite=N
         "class_names": list(task.class_names),
         "image_size": config.image_size,
         "channels": config.channels,
-        "intensity": config.intensity,
+        "intensity": None if config.intensity is None else config.intensity.to_dict(),
         "parameters": int(model.count_params()),
         "training_data": {"name": data, "splits": run_obj.split_sizes()},
         "metrics": metrics,

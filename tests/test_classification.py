@@ -11,15 +11,20 @@ import keras
 import numpy as np
 import pytest
 
-from keras_litenext.data import folders as C
 from keras_litenext.data import DatasetError
+from keras_litenext.data import folders as C
 from keras_litenext.metrics import classification_scores, roc_auc
-from keras_litenext.models.registry import ModelSpec, get_spec, list_models, register_model, resolve_model_name
+from keras_litenext.models.registry import (
+    ModelSpec,
+    get_spec,
+    list_models,
+    register_model,
+    resolve_model_name,
+)
 from keras_litenext.runs import TrainConfig
 from keras_litenext.tasks import ClassificationTask, get_task, task_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PNEUMONIA = "/work/shared/datasets/pneumoniamnist"  # MedMNIST v2 (Yang et al., Sci Data 2023), CC BY 4.0
 CRASH = {"epoch": None}  # set to make the tiny model's training callback simulate a kill
 
 
@@ -254,12 +259,11 @@ def test_model_name_with_a_size_resolves_generically():
         resolve_model_name("litenext-s")  # its builder takes no size
     with pytest.raises(ValueError, match="NAME-SIZE"):
         resolve_model_name("nosuchmodel")
-    from importlib.machinery import SourceFileLoader
+    from keras_litenext.cli import fit
 
-    fit = SourceFileLoader("fit_cls", os.path.join(ROOT, "training", "fit.py")).load_module()
-    assert fit.parser().parse_args(["--model", "tinycls-s"]).model == "tinycls-s"
+    assert fit.build_parser().parse_args(["--model", "tinycls-s"]).model == "tinycls-s"
     with pytest.raises(SystemExit):
-        fit.parser().parse_args(["--model", "nosuchmodel"])
+        fit.build_parser().parse_args(["--model", "nosuchmodel"])
     config = TrainConfig(model="tinycls", data=None)
     config.resolve_classes()
     assert config.task == "classification"  # the model serves only classification
@@ -331,8 +335,7 @@ def test_int8_export_of_a_classifier_is_scored_and_gated(trained, tmp_path):
     markdown = (tmp_path / "tflite" / "report.md").read_text()
     assert "accuracy" in markdown and "AUC" in markdown
     # MediaPipe's ImageClassifier loads both files (metadata inside) and ranks as our LiteRT run does
-    from keras_litenext.export import metadata
-    from keras_litenext.export import load_source
+    from keras_litenext.export import load_source, metadata
     from keras_litenext.litert import run_tflite
 
     if metadata.mediapipe_available():
@@ -352,16 +355,15 @@ def test_int8_export_of_a_classifier_is_scored_and_gated(trained, tmp_path):
     assert classification_gate(fake, max_accuracy_drop=1.0, max_auc_drop=0.01)[0]
 
 
-@pytest.mark.skipif(not os.path.isdir(PNEUMONIA), reason="PneumoniaMNIST not available")
 def test_pneumoniamnist_layout_scans(tmp_path):
-    """A few real PneumoniaMNIST files (train/val/test x normal/pneumonia, 28x28 grey)."""
-    import shutil
-
+    """PneumoniaMNIST's layout (train/val/test x normal/pneumonia, 28x28 grey 8-bit PNGs), written
+    here with random pixels: the scan reads the official split and the files' size."""
+    rng = np.random.default_rng(3)
     for split in ("train", "val", "test"):
         for name in ("normal", "pneumonia"):
             os.makedirs(tmp_path / split / name)
-            for f in sorted(os.listdir(os.path.join(PNEUMONIA, split, name)))[:3]:
-                shutil.copy(os.path.join(PNEUMONIA, split, name, f), tmp_path / split / name / f)
+            for i in range(3):
+                cv2.imwrite(str(tmp_path / split / name / f"{split}_{i}_0.png"), rng.integers(0, 256, (28, 28), dtype=np.uint8))
     assert C.probe_size(tmp_path) == (28, 28)
     data = C.load_image_folder(tmp_path, 32, channels=1)
     assert data.class_names == ("normal", "pneumonia") and data.images.shape == (18, 32, 32, 1)

@@ -10,7 +10,6 @@ import tensorflow as tf
 
 from keras_litenext import data as D
 
-
 # ---------------------------------------------------------------------------------- helpers
 
 

@@ -17,10 +17,10 @@ import pytest
 import keras_litenext
 from keras_litenext import LiteNeXt
 from keras_litenext import export as E
-from keras_litenext.export import metadata as M
-from keras_litenext import quantization as Q
 from keras_litenext import litert as T
+from keras_litenext import quantization as Q
 from keras_litenext.data import make_dataset, sample_data_dir, save_splits, split_stems
+from keras_litenext.export import metadata as M
 from keras_litenext.layers import ChannelLayerNorm
 from keras_litenext.metrics import per_image_scores
 from keras_litenext.runs import TrainConfig
@@ -598,7 +598,7 @@ def test_float_islands_make_one_xnnpack_partition_and_keep_the_values(monkeypatc
     assert np.mean(np.abs(a - b)) <= 0.05 * np.std(a)
     assert T.apply_int8_mode(strict, "strict") is strict
 
-    monkeypatch.setattr(T, "xnnpack_accepts", lambda data, timeout=120: False)
+    monkeypatch.setattr(T.flatbuffer, "xnnpack_accepts", lambda data, timeout=120: False)  # where apply_int8_mode looks it up
     with pytest.warns(UserWarning, match="kept the strict int8 file"):
         assert T.apply_int8_mode(strict, "cpu") is strict
 
@@ -750,7 +750,7 @@ def test_mediapipe_refuses_an_int8_input_and_says_why(converted, run):
 
 @needs_mediapipe
 def test_one_call_export_of_a_grey_model_makes_rgb_phone_files(run, tmp_path):
-    # A grey Keras model object and the run's RGB dataset: keras_litenext.export loads the images
+    # A grey Keras model object and the run's RGB dataset: keras_litenext.export.export loads the images
     # as grey, calibrates, scores, and writes files that take RGB and average it inside the graph.
     keras.utils.set_random_seed(2)
     inputs = keras.Input((32, 32, 1))
@@ -758,8 +758,8 @@ def test_one_call_export_of_a_grey_model_makes_rgb_phone_files(run, tmp_path):
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
     model = keras.Model(inputs, keras.layers.Conv2D(1, 1, bias_initializer=keras.initializers.Constant(-0.3))(x), name="greynet")
     data = json.loads((run / "config.json").read_text())["data"]
-    files, paths, report = keras_litenext.export(model, tmp_path / "out", formats=("int8", "fp32"), data=data, qat_epochs=0,
-                                                 num_calibration=8)
+    files, paths, report = keras_litenext.export.export(model, tmp_path / "out", formats=("int8", "fp32"), data=data, qat_epochs=0,
+                                                        num_calibration=8)
     assert sorted(files) == ["fp32", "int8"] and report["task"] == "binary" and report["config"]["channels"] == 1
     assert {os.path.basename(p) for p in paths} >= {"greynet_int8.tflite", "greynet_int8.json", "greynet_fp32.tflite",
                                                      "greynet_labels.txt", "report.json", "report.md"}

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 from keras_litenext.layers import ChannelLayerNorm, ConvNormAct
-from keras_litenext.models.litenext.litenext_layers import LGEMixerBlock, ScaleWeightedSum
+from keras_litenext.models.litenext.litenext_layers import (
+    LGEMixerBlock,
+    ScaleWeightedSum,
+)
 
 RNG = np.random.default_rng(0)
 

@@ -1,13 +1,12 @@
 """LiteNeXt: structure, parity with the reference PyTorch model, serialization, shape rules."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_python
 
 import keras_litenext as kl
 from keras_litenext.models.litenext import torch_key
@@ -127,8 +126,7 @@ def test_jax_backend_parity():
         print("maxdiff", float(np.abs(np.asarray(model(x)) - ref).max()))
         """
     )
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr[-3000:]
     diff = float(result.stdout.split("maxdiff")[-1])
     assert diff <= 1e-5

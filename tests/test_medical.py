@@ -4,6 +4,7 @@ every inference mode on images of other sizes than the training size against Num
 
 import json
 import os
+import pathlib
 
 import cv2
 import keras
@@ -22,6 +23,7 @@ from scipy import ndimage
 
 from keras_litenext import data as data_lib
 from keras_litenext import inference
+from keras_litenext.data import decode
 from keras_litenext.data import medical as medical_io
 from keras_litenext.data.intensity import Intensity, IntensityError, to_float
 from keras_litenext.metrics import (
@@ -120,7 +122,7 @@ def test_recipe_formulas_against_numpy():
         Intensity().map(v)
     # the 8-bit recipe is exactly the pipeline before recipes, 16-bit files included
     p16 = rng.integers(0, 65536, (9, 9)).astype(np.uint16)
-    assert np.array_equal(Intensity().to_array(p16), data_lib._to_uint8(p16))
+    assert np.array_equal(Intensity().to_array(p16), decode.to_uint8(p16))
     assert Intensity().to_array(p16).dtype == np.uint8 and Intensity("zscore").to_array(p16).dtype == np.uint16
     assert to_float(np.array([65535], np.uint16))[0] == 1.0 and to_float(np.array([255], np.uint8))[0] == 1.0
 
@@ -222,7 +224,7 @@ def test_bad_dicom_and_nifti_files_are_one_line_each(tmp_path, caplog):
     assert lines[0].startswith("5 of 5 pairs")
     text = "\n".join(lines[1:])
     assert "images/nopix.dcm: has no pixel data" in text
-    assert "images/jp2.dcm: uses transfer syntax JPEG 2000 Image Compression (Lossless Only)" in text
+    assert "images/jp2.dcm: compressed with JPEG 2000 Image Compression (Lossless Only)" in text
     assert "images/junk.dcm: is not a DICOM file" in text
     assert "images/vol.nii.gz: has 4 slice(s) of 96x96 (WxH) but its label file vol.nii.gz has 4 of 90x96" in text
     assert "images/hu.dcm: has float64 values -" in text and "8-bit recipe cannot map" in text
@@ -433,8 +435,8 @@ def test_fit_evaluate_predict_on_dicom_files_and_nifti_volumes(tmp_path):
     assert set(np.unique(np.asanyarray(labels.dataobj))) <= {0, 1}
     # the export contract and the metadata state the recipe, with the formula an app applies
     from keras_litenext.export import io_contract
-    from keras_litenext.runs import Run
     from keras_litenext.litert import convert, write_bytes
+    from keras_litenext.runs import Run
 
     opened = Run.open(run)
     path = str(tmp_path / "m.tflite")
@@ -461,8 +463,8 @@ def test_medical_data_defaults_to_a_percentile_stretch(tmp_path):
 def test_recipe_storage_feeds_calibration_conversion_and_tflite_as_floats():
     """uint16 images (a recipe's) reach int8 calibration, the TFLite representative set and the
     TFLite runner as x = v / 65535, like make_dataset gives them to training."""
-    from keras_litenext.quantization.calibration import _image_batches
     from keras_litenext.litert import representative_dataset
+    from keras_litenext.quantization.calibration import _image_batches
 
     x = np.random.default_rng(0).integers(0, 65536, (3, 8, 8, 1)).astype(np.uint16)
     expected = x.astype(np.float32) / 65535.0
@@ -512,3 +514,160 @@ def test_dicom_files_known_by_content_whatever_their_name(tmp_path):
     assert medical_io.is_medical(root / "images" / "IM0001") and not medical_io.is_medical(root / "images" / "notes")
     labels = {medical_io.label_path(root / "images" / n, "out") for n in names}
     assert labels == {os.path.join("out", f"{n}_labels.dcm") for n in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# Real files as pydicom and nibabel ship them
+# ----------------------------------------------------------------------------------------------
+def shipped_dicoms():
+    """Every DICOM pydicom ships in its package (the local folder: `get_testdata_files` would also
+    try to download its optional external data)."""
+    import glob
+
+    return sorted(glob.glob(os.path.join(os.path.dirname(pydicom.data.get_testdata_file("MR_small.dcm")), "*.dcm")))
+
+
+def raw_dataset(path, source="MR_small.dcm"):
+    """A shipped DICOM written without the 128-byte preamble, ``DICM`` and file meta (old archives)."""
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file(source))
+    del ds.preamble
+    ds.file_meta = FileMetaDataset()
+    pydicom.dcmwrite(path, ds, enforce_file_format=False)
+    assert not medical_io.has_dicom_preamble(path)
+    return path
+
+
+def test_dicom_without_preamble_or_file_meta_is_read_by_content(tmp_path):
+    expected = pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm")).pixel_array
+    for name in ("raw.dcm", "IM0002", "1.2.840.113619.2.7"):
+        path = raw_dataset(tmp_path / name)
+        assert medical_io.is_medical(path) and medical_io.file_stem(path)[0] == ("raw" if name == "raw.dcm" else name)
+        slices = medical_io.read_slices(path)
+        assert np.array_equal(slices.array[0], expected) and slices.spacing is not None
+        out = medical_io.write_labels(path, (slices.array > 1000).astype(np.uint8), medical_io.label_path(path, str(tmp_path / "out")))
+        back = pydicom.dcmread(out)
+        assert np.array_equal(back.pixel_array, (expected > 1000).astype(np.uint8)) and back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    for junk in (b"not dicom at all" * 20, b"\x08\x00\x05\x00" + bytes(range(256)) * 3):
+        (tmp_path / "junk").write_bytes(junk)
+        assert not medical_io.is_medical(tmp_path / "junk")
+        (tmp_path / "junk.dcm").write_bytes(junk)
+        with pytest.raises(medical_io.MedicalError, match="is not a DICOM file"):
+            medical_io.read_slices(tmp_path / "junk.dcm")
+
+
+def test_dicom_errors_say_what_the_file_is(tmp_path):
+    from pydicom.pixels import get_decoder
+
+    def reason(path):
+        with pytest.raises(medical_io.MedicalError) as err:
+            medical_io.read_slices(path)
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    assert reason(pydicom.data.get_testdata_file("rtstruct.dcm")).startswith("has no pixel data (RT Structure Set)")
+    assert reason(pydicom.data.get_testdata_file("MR_truncated.dcm")).startswith("is truncated")
+    whole = pathlib.Path(pydicom.data.get_testdata_file("MR_small.dcm")).read_bytes()
+    for size in (700, 3000):
+        (tmp_path / f"cut{size}.dcm").write_bytes(whole[:size])
+        assert reason(tmp_path / f"cut{size}.dcm").startswith("is truncated"), size
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "images" / "cut.dcm").write_bytes(whole[:3000])
+    cv2.imwrite(str(tmp_path / "masks" / "cut.png"), np.zeros((64, 64), np.uint8))
+    with pytest.raises(data_lib.DatasetError, match=r"\nimages/cut.dcm: is truncated: its pixel data holds 1500 of the 8192 bytes"):
+        data_lib.load_pairs(data_lib.find_pairs(tmp_path), None, channels=1, intensity=Intensity("percentile"))
+    jpeg_ls = pydicom.data.get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
+    if get_decoder(pydicom.dcmread(jpeg_ls).file_meta.TransferSyntaxUID).is_available:
+        pytest.skip("a JPEG-LS decoder is installed here")
+    text = reason(jpeg_ls)
+    assert text.startswith("compressed with JPEG-LS Lossless Image Compression, which needs a decoder: pip install ")
+    assert "pylibjpeg-libjpeg" in text and ">=" not in text
+
+
+def test_labels_written_for_every_transfer_syntax_pydicom_ships(tmp_path):
+    """Big and little endian, implicit and explicit VR, deflate, RLE, JPEG: the label file is
+    explicit VR little endian with the source's geometry and identifiers, one frame per frame."""
+    import warnings
+
+    from pydicom.uid import UID
+
+    written, no_decoder = 0, 0
+    for path in shipped_dicoms():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's own, on the reference read
+            source = pydicom.dcmread(path, force=True)
+        if "PixelData" not in source:
+            continue
+        try:
+            slices = medical_io.read_slices(path)
+        except medical_io.MedicalError as err:
+            no_decoder += "needs a decoder" in str(err)
+            continue
+        grey = slices.array[..., 0] if slices.rgb else slices.array
+        labels = (grey > np.median(grey)).astype(np.uint8) * 2
+        out = medical_io.write_labels(path, labels, str(tmp_path / f"{written:02d}_labels.dcm"), series_uid={})
+        back = pydicom.dcmread(out)
+        name = os.path.basename(path)
+        assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, name
+        assert np.array_equal(back.pixel_array.reshape(labels.shape), labels), name
+        assert int(back.get("NumberOfFrames", 1)) == len(slices), name
+        for tag in ("Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                    "FrameOfReferenceUID", "StudyInstanceUID", "PatientID", "PatientName", "SOPClassUID"):
+            assert back.get(tag) == source.get(tag), (name, tag)
+        assert back.SOPInstanceUID != source.get("SOPInstanceUID") and back.SeriesInstanceUID != source.get("SeriesInstanceUID")
+        assert UID(back.file_meta.MediaStorageSOPInstanceUID) == back.SOPInstanceUID
+        written += 1
+    assert written >= 40, (written, no_decoder)
+
+
+def test_nonfinite_volume_values_become_background_with_one_note(tmp_path):
+    from keras_litenext.notes import Note
+
+    volume = np.random.default_rng(0).normal(100, 20, (32, 32, 3)).astype(np.float32)
+    volume[:4] = np.nan  # outside the field of view of a resampled volume
+    volume[5, 5, 0], volume[6, 6, 1] = np.inf, -np.inf
+    labels = np.zeros((32, 32, 3), np.uint8)
+    labels[10:20, 10:20] = 1
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    nifti(tmp_path / "images" / "rs.nii.gz", volume)
+    nifti(tmp_path / "masks" / "rs.nii.gz", labels)
+    with pytest.warns(Note, match=r"rs.nii.gz: 386 NaN or infinite value\(s\) of 3072 set to .*lowest finite"):
+        x, _, stems, _ = data_lib.load_pairs(data_lib.find_pairs(tmp_path), None, channels=1, intensity=Intensity("zscore"))
+    finite = volume[np.isfinite(volume)]
+    slices = medical_io.read_slices(tmp_path / "images" / "rs.nii.gz")
+    assert np.isfinite(slices.array).all() and slices.array[0, 0, 0] == finite.min() and len(stems) == 3
+    with pytest.raises(medical_io.MedicalError, match="386 NaN or infinite value"):
+        medical_io.read_slices(tmp_path / "images" / "rs.nii.gz", nonfinite="error")
+    bad = labels.astype(np.float32)
+    bad[0, 0, 0] = np.nan
+    nifti(tmp_path / "masks" / "rs.nii.gz", bad)
+    with pytest.raises(data_lib.DatasetError, match=r"masks/rs.nii.gz: holds 1 NaN or infinite value"):
+        data_lib.load_pairs(data_lib.find_pairs(tmp_path), None, channels=1, intensity=Intensity("zscore"))
+
+
+def test_warnings_are_one_line_notes_naming_the_file(tmp_path):
+    import warnings
+
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from keras_litenext.notes import Note
+
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"))
+    ds[0x00281050] = RawDataElement(Tag(0x00281050), "IS", 2, b"1A", 0, False, True)  # WindowCenter, a bad integer
+    ds.save_as(tmp_path / "typo.dcm")
+    padded = pydicom.data.get_testdata_file("MR_small_padded.dcm")  # excess padding: nothing to do, quiet
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        medical_io.read_slices(padded)
+        medical_io.read_slices(tmp_path / "typo.dcm")
+    assert [w.category for w in caught] == [Note], [str(w.message) for w in caught]
+    text = str(caught[0].message)
+    assert text.startswith(f"{tmp_path / 'typo.dcm'}: ") and "'1A'" in text and "\n" not in text
+    assert warnings.formatwarning(text, Note, "/x/keras_litenext/data/dicom.py", 12) == f"note: {text}\n"
+    assert issubclass(Note, UserWarning)
+    png = tmp_path / "p.png"
+    cv2.imwrite(str(png), np.full((8, 8), 4000, np.uint16))
+    with pytest.warns(Note, match="12-bit"):
+        data_lib.read_image(png)

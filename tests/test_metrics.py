@@ -15,7 +15,7 @@ import pytest
 
 from keras_litenext import metrics as M
 from keras_litenext.metrics import (
-    METRICS,
+    OVERLAP_METRICS,
     DiceScore,
     IoUScore,
     PrecisionScore,
@@ -34,14 +34,14 @@ CLASSES = {"dice": DiceScore, "iou": IoUScore, "precision": PrecisionScore, "rec
 # Independent reference: one image at a time, sets of pixels
 # ----------------------------------------------------------------------------------------------
 def ref_scores(masks, outputs, threshold=0.5, empty="skip", from_logits=True):
-    out = {name: [] for name in METRICS}
+    out = {name: [] for name in OVERLAP_METRICS}
     for mask, output in zip(masks, outputs):
         prob = 1.0 / (1.0 + np.exp(-output.astype(np.float64))) if from_logits else output.astype(np.float64)
         g = set(np.flatnonzero(mask.ravel() > 0.5))
         p = set(np.flatnonzero(prob.ravel() > threshold))
         if not g:
             value = math.nan if empty == "skip" else (1.0 if not p else 0.0)
-            for name in METRICS:
+            for name in OVERLAP_METRICS:
                 out[name].append(value)
             continue
         inter = len(g & p)
@@ -99,7 +99,7 @@ def test_hand_computed_per_image_and_streaming():
     g, z = hand_case()
     expected = {"dice": [0.6, 1.0], "iou": [3 / 7, 1.0], "precision": [0.5, 1.0], "recall": [0.75, 1.0]}
     scores = per_image_scores(g, z)
-    for name in METRICS:
+    for name in OVERLAP_METRICS:
         np.testing.assert_allclose(scores[name], expected[name], rtol=1e-12)
         metric = CLASSES[name]()
         metric.update_state(g, z)
@@ -129,11 +129,11 @@ def test_per_image_scores_vs_reference(empty, threshold):
     y, z = random_set(0)
     got = per_image_scores(y, z, threshold=threshold, empty=empty)
     ref = ref_scores(y, z, threshold=threshold, empty=empty)
-    for name in METRICS:
+    for name in OVERLAP_METRICS:
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-12, equal_nan=True)
     probs = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
     got_p = per_image_scores(y, probs, threshold=threshold, empty=empty, from_logits=False)
-    for name in METRICS:
+    for name in OVERLAP_METRICS:
         np.testing.assert_allclose(got_p[name], ref[name], rtol=1e-12, equal_nan=True)
 
 
@@ -141,7 +141,7 @@ def test_empty_ground_truth_policies():
     y, z = random_set(1)
     skip = per_image_scores(y, z, empty="skip")
     score = per_image_scores(y, z, empty="score")
-    for name in METRICS:
+    for name in OVERLAP_METRICS:
         assert np.isnan(skip[name][[0, 1, 3]]).all() and not np.isnan(skip[name][2:3]).any()
         assert score[name][0] == 1.0 and score[name][3] == 1.0  # empty predicted empty
         assert score[name][1] == 0.0  # empty predicted non-empty
@@ -165,7 +165,7 @@ def test_streaming_equals_mean_of_per_image_scores(empty):
     y, z = random_set(2)
     ref = ref_means(y, z, empty=empty)
     summary = summarize(per_image_scores(y, z, empty=empty))
-    for name in METRICS:
+    for name in OVERLAP_METRICS:
         got = stream(CLASSES[name](empty=empty), y, z)
         assert got == pytest.approx(ref[name], abs=1e-6)
         assert got == pytest.approx(summary[name]["mean"], abs=1e-6)
@@ -176,7 +176,7 @@ def test_streaming_threshold_probabilities_and_sample_weight():
     probs = (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
     ref = ref_scores(y, z, threshold=0.3)
     sw = np.random.default_rng(0).random(len(y)).astype(np.float32)
-    for name in METRICS:
+    for name in OVERLAP_METRICS:
         assert stream(CLASSES[name](threshold=0.3), y, z) == pytest.approx(np.nanmean(ref[name]), abs=1e-6)
         metric = CLASSES[name](threshold=0.3, from_logits=False)
         assert stream(metric, y, probs) == pytest.approx(np.nanmean(ref[name]), abs=1e-6)
@@ -208,7 +208,7 @@ def test_masks_without_channel_axis():
 
 
 def test_config_round_trip_and_registry():
-    for name in METRICS:
+    for name in OVERLAP_METRICS:
         metric = CLASSES[name](threshold=0.3, from_logits=False, empty="score")
         assert metric.name == name
         blob = keras.saving.serialize_keras_object(metric)
@@ -216,7 +216,7 @@ def test_config_round_trip_and_registry():
         restored = keras.saving.deserialize_keras_object(json.loads(json.dumps(blob)))
         assert type(restored) is type(metric) and restored.get_config() == metric.get_config()
     built = get_metrics(empty="score")
-    assert [m.name for m in built] == list(METRICS) and all(m.empty == "score" for m in built)
+    assert [m.name for m in built] == list(OVERLAP_METRICS) and all(m.empty == "score" for m in built)
     assert [type(m) for m in get_metrics("iou")] == [IoUScore]
     with pytest.raises(ValueError, match="dice, iou, precision, recall"):
         get_metrics(["dice", "hausdorff"])
@@ -243,7 +243,7 @@ def test_compiled_metrics_in_evaluate(empty, jit):
     model.compile(loss=loss, metrics=get_metrics(empty=empty), jit_compile=jit)
     result = model.evaluate(z, y, batch_size=5, verbose=0, return_dict=True)  # batches of 5, 5, 2
     ref = ref_means(y, z, empty=empty)
-    for name in METRICS:
+    for name in OVERLAP_METRICS:
         assert result[name] == pytest.approx(ref[name], abs=1e-6)
 
 
@@ -263,7 +263,7 @@ def test_evaluate_model_on_arrays_datasets_and_batches():
         results.append(evaluate_model(model, tf.data.Dataset.from_tensor_slices((z, y)).batch(5)))
     for result in results:
         assert (result["images"], result["counted"], result["skipped_empty"]) == (12, 9, 3)
-        for name in METRICS:
+        for name in OVERLAP_METRICS:
             valid = ref[name][~np.isnan(ref[name])]
             assert result[name]["mean"] == pytest.approx(valid.mean(), abs=1e-9)
             assert result[name]["std"] == pytest.approx(valid.std(), abs=1e-9)
@@ -326,7 +326,7 @@ def test_metrics_on_jax_backend(tmp_path):
     out = json.loads(lines[-1][len("RESULT") :])
     for empty in ("skip", "score"):
         ref = ref_means(y, z, empty=empty)
-        for name in METRICS:
+        for name in OVERLAP_METRICS:
             assert out[empty]["stream"][name] == pytest.approx(ref[name], abs=1e-5)
             assert out[empty]["evaluate"][name] == pytest.approx(ref[name], abs=1e-5)
     scores = per_image_scores(labels, z3, hd95=False)
@@ -336,9 +336,12 @@ def test_metrics_on_jax_backend(tmp_path):
 
 
 def test_module_uses_keras_only():
-    source = pathlib.Path(M.__file__).read_text()
-    assert not re.search(r"^\s*(import|from)\s+(tensorflow|jax|torch)\b", source, re.M)
-    assert "tf.keras" not in source and "import_module" not in source
+    modules = sorted(pathlib.Path(M.__file__).parent.glob("*.py"))
+    assert len(modules) > 1
+    for module in modules:
+        source = module.read_text()
+        assert not re.search(r"^\s*(import|from)\s+(tensorflow|jax|torch)\b", source, re.M), module.name
+        assert "tf.keras" not in source and "import_module" not in source, module.name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,7 +420,7 @@ def test_hd95_random_vs_brute_force_and_per_image_scores():
         else:
             assert scores["hd95"][i] == pytest.approx(brute_hd95(gt[i], pred[i]), abs=1e-4)
     assert list(scores) == ["dice", "iou", "precision", "recall", "hd95"]
-    assert list(per_image_scores(y, z, hd95=False)) == list(METRICS)
+    assert list(per_image_scores(y, z, hd95=False)) == list(OVERLAP_METRICS)
     scored = per_image_scores(y, z, empty="score")["hd95"]
     assert scored[0] == 0.0 and scored[1] == pytest.approx(math.hypot(16, 16))
 
@@ -510,15 +513,15 @@ def test_multiclass_hand_streaming():
 
 def ref_multiclass(labels, pred, k, empty="skip"):
     """Per image: mean over the present foreground classes of the set-based binary scores."""
-    out = {name: [] for name in METRICS}
+    out = {name: [] for name in OVERLAP_METRICS}
     for g_img, p_img in zip(labels, pred):
-        per_class = {name: [] for name in METRICS}
+        per_class = {name: [] for name in OVERLAP_METRICS}
         for c in range(1, k):
             g = set(np.flatnonzero(g_img.ravel() == c))
             p = set(np.flatnonzero(p_img.ravel() == c))
             if not g:
                 if empty == "score":
-                    for name in METRICS:
+                    for name in OVERLAP_METRICS:
                         per_class[name].append(1.0 if not p else 0.0)
                 continue
             inter = len(g & p)
@@ -526,7 +529,7 @@ def ref_multiclass(labels, pred, k, empty="skip"):
             per_class["iou"].append(inter / len(g | p))
             per_class["precision"].append(inter / len(p) if p else 0.0)
             per_class["recall"].append(inter / len(g))
-        for name in METRICS:
+        for name in OVERLAP_METRICS:
             out[name].append(np.mean(per_class[name]) if per_class[name] else math.nan)
     return {name: np.array(v) for name, v in out.items()}
 
@@ -546,7 +549,7 @@ def test_multiclass_random_vs_reference_and_streaming(empty):
     ref = ref_multiclass(labels, z.argmax(-1), 4, empty=empty)
     got = per_image_scores(labels[..., None], z, empty=empty, hd95=False)
     sw = np.random.default_rng(1).random(len(labels)).astype(np.float32)
-    for name in METRICS:
+    for name in OVERLAP_METRICS:
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-12, equal_nan=True)
     for metric in get_metrics(num_classes=4, empty=empty):
         key = metric.name

@@ -10,13 +10,12 @@ full-int8 TFLite file through `quantize_model` + `calibrate` with no float op le
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_python
 
 import keras_litenext as kl
 from keras_litenext import quantization as Q
@@ -104,8 +103,7 @@ def test_runs_under_jax(case, tmp_path):
         np.save({str(tmp_path / "jax.npy")!r}, out)
         """
     )
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), outputs, atol=1e-4)
 
@@ -184,8 +182,8 @@ def test_mediapipe_task_loads_the_int8_file_and_agrees_with_litert(case, tmp_pat
     import cv2
 
     from keras_litenext import litert as tflite
-    from keras_litenext.export import metadata
     from keras_litenext.data import sample_data_dir
+    from keras_litenext.export import metadata
 
     if not metadata.mediapipe_available():
         pytest.skip(f"MediaPipe's metadata writers are not installed ({metadata.MEDIAPIPE_HINT})")

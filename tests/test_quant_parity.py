@@ -15,10 +15,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from keras_litenext import quantization as Q
 from keras_litenext import litert as tflite
+from keras_litenext import quantization as Q
 from keras_litenext.layers import AxialDepthwiseConv
-
 
 STEM_SPREAD = 1.0  # log10 of the largest ratio between the stem's channel scales
 

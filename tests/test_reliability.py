@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import keras_litenext as kl
-from keras_litenext.cli import args as cli
 from keras_litenext import data as data_lib
+from keras_litenext.cli import args as cli
 from keras_litenext.runs import Run, RunError, load_model_file
 from keras_litenext.train import NonFiniteLossError, TrainConfig, build_datasets, train
 from keras_litenext.utils import OutputError
@@ -69,8 +69,16 @@ def tiny_segmenter():
 
 
 def load_cli(path):
+    """A command-line script as a module; a script that is a shim over a `keras_litenext.cli`
+    command gives that command's module (its parser and `main`)."""
     name = "cli_" + os.path.splitext(os.path.basename(path))[0]
-    return SourceFileLoader(name, os.path.join(ROOT, path)).load_module()
+    module = SourceFileLoader(name, os.path.join(ROOT, path)).load_module()
+    return sys.modules.get(getattr(module.main, "__module__", None), module)
+
+
+def parser_of(module):
+    """The argparse parser of a command (`build_parser`; `parser` in the scripts not yet moved)."""
+    return (getattr(module, "build_parser", None) or module.parser)()
 
 
 def subset(folder, n=16):
@@ -216,7 +224,7 @@ def test_every_flag_refuses_bad_values_in_one_line_naming_it(path, tmp_path_fact
     status 2 (argparse) before any work, with one line naming the argument and no traceback."""
     module = load_cli(path)
     tmp = tmp_path_factory.mktemp("cli")
-    actions = [a for a in module.parser()._actions if not isinstance(a, argparse._HelpAction)]
+    actions = [a for a in parser_of(module)._actions if not isinstance(a, argparse._HelpAction)]
     strategies = {a.dest: invalid_values(a, tmp) for a in actions}  # raises for an unchecked argument
     base = _base_argv(path, tmp)
     positionals = [a for a in actions if not a.option_strings]
@@ -579,7 +587,8 @@ def test_nan_after_the_first_epoch_keeps_the_state_and_resume_applies_a_lower_lr
 DRIVER = textwrap.dedent('''
     import json, os, signal, sys, time
     import keras
-    from keras_litenext import runs, training
+    from keras_litenext import train as training
+    from keras_litenext.runs import folder as runs  # where Run.write_json looks up write_json
     from keras_litenext.train import TrainConfig, train
 
     exec(open(sys.argv[4]).read())

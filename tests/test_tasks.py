@@ -10,7 +10,14 @@ import tensorflow as tf
 
 from keras_litenext import data as D
 from keras_litenext.runs import Run, TrainConfig
-from keras_litenext.tasks import BinaryTask, MaskError, MulticlassTask, get_task, read_classes_json, read_palette
+from keras_litenext.tasks import (
+    BinaryTask,
+    MaskError,
+    MulticlassTask,
+    get_task,
+    read_classes_json,
+    read_palette,
+)
 
 
 def _write(path, array):

@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 
 import keras_litenext as kl
-from keras_litenext.train import NonFiniteLossError, StopOnNonFiniteLoss, TrainConfig, train
+from keras_litenext.train import (
+    NonFiniteLossError,
+    StopOnNonFiniteLoss,
+    TrainConfig,
+    train,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(model_kwargs={"width": 8}, image_size=32, batch_size=4, verbose=0, mwl_kernel=3)

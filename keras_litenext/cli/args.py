@@ -2,8 +2,10 @@
 
 Each type turns a flag's text into a value or raises `argparse.ArgumentTypeError`, so argparse
 prints one line naming the flag (``argument --epochs: must be a whole number >= 1, got '0'``)
-and exits with status 2 before any work starts. The same objects check settings read from a
-JSON file (`check`), so a value is refused alike wherever it comes from.
+and exits with status 2 before any work starts. The value types live in the library
+(`keras_litenext.runs.checks`), where `TrainConfig.validate` checks settings read from a JSON file
+with the same objects (`check`), so a value is refused alike wherever it comes from; this module
+adds what only a command line needs (paths that must exist, name lists, one-line errors).
 
     p.add_argument("--epochs", type=cli.positive_int)
     p.add_argument("--threshold", type=cli.open_fraction)
@@ -14,8 +16,23 @@ outside it.
 """
 
 import argparse
-import math
 import os
+
+from keras_litenext.runs.checks import (  # noqa: F401  (the value types, shared with TrainConfig.validate)
+    _Type,
+    check,
+    file_name,
+    float_range,
+    floats,
+    int_range,
+    nonnegative_float,
+    nonnegative_int,
+    one_line,
+    open_fraction,
+    positive_float,
+    positive_int,
+    suffix,
+)
 
 __all__ = [
     "ArgumentParser", "check", "existing_dir", "existing_file", "existing_path", "file_name", "float_range", "floats", "int_range",
@@ -30,110 +47,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class _Type:
-    """A callable argparse `type` with a readable name (argparse shows `__name__`)."""
-
-    kind = "text"
-
-    def __call__(self, value):
-        try:
-            return self.convert(value)
-        except argparse.ArgumentTypeError:
-            raise
-        except (TypeError, ValueError, OverflowError):
-            raise argparse.ArgumentTypeError(f"must be {self.describe}, got {value!r}") from None
-
-    def fail(self, value):
-        raise argparse.ArgumentTypeError(f"must be {self.describe}, got {value!r}")
-
-    @property
-    def __name__(self):
-        return self.describe
-
-    def __repr__(self):
-        return f"<{self.describe}>"
-
-
-class int_range(_Type):
-    """A whole number in `[low, high]` (either bound may be None)."""
-
-    kind = "int"
-
-    def __init__(self, low=None, high=None):
-        self.low, self.high = low, high
-        if low is not None and high is not None:
-            self.describe = f"a whole number from {low} to {high}"
-        elif low is not None:
-            self.describe = f"a whole number >= {low}"
-        else:
-            self.describe = "a whole number" + (f" <= {high}" if high is not None else "")
-
-    def convert(self, value):
-        if isinstance(value, bool):
-            self.fail(value)
-        if isinstance(value, str):
-            number = int(value.strip())
-        elif isinstance(value, int):
-            number = value
-        elif isinstance(value, float) and value.is_integer():
-            number = int(value)
-        else:
-            self.fail(value)
-        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
-            self.fail(value)
-        return number
-
-
-class float_range(_Type):
-    """A finite number between `low` and `high` (`low_open` / `high_open`: the bound excluded)."""
-
-    kind = "float"
-
-    def __init__(self, low=-math.inf, high=math.inf, low_open=False, high_open=False):
-        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
-        lo = "" if low == -math.inf else f"{'>' if low_open else '>='} {low:g}"
-        hi = "" if high == math.inf else f"{'<' if high_open else '<='} {high:g}"
-        if lo and hi:
-            self.describe = f"a number {'in (' if low_open else 'in ['}{low:g}, {high:g}{')' if high_open else ']'}"
-        else:
-            self.describe = "a finite number" + (f" {lo or hi}" if lo or hi else "")
-
-    def convert(self, value):
-        if isinstance(value, bool):
-            self.fail(value)
-        number = float(value.strip() if isinstance(value, str) else value)
-        if not math.isfinite(number):
-            self.fail(value)
-        if number < self.low or (self.low_open and number == self.low):
-            self.fail(value)
-        if number > self.high or (self.high_open and number == self.high):
-            self.fail(value)
-        return number
-
-
-class floats(_Type):
-    """Comma-separated numbers (a JSON list in a settings file): `count` of them, each >= `low`,
-    summing to `total` (within 1e-6) when given."""
-
-    kind = "floats"
-
-    def __init__(self, count=None, low=0.0, total=None):
-        self.count, self.low, self.total = count, low, total
-        self.item = float_range(low=low)
-        self.describe = (f"{count} comma-separated numbers" if count else "comma-separated numbers") + f" >= {low:g}"
-        if total is not None:
-            self.describe += f" summing to {total:g}"
-
-    def convert(self, value):
-        items = value.split(",") if isinstance(value, str) else list(value)
-        numbers = tuple(self.item.convert(v) for v in items)
-        if not numbers or (self.count and len(numbers) != self.count):
-            self.fail(value)
-        if self.total is not None and abs(sum(numbers) - self.total) > 1e-6:
-            self.fail(value)
-        return numbers
 
 
 class names(_Type):
@@ -167,44 +80,7 @@ class _Path(_Type):
         return value
 
 
-class suffix(_Type):
-    """Text that becomes part of a file name: no path separator, no NUL."""
-
-    kind = "suffix"
-
-    def __init__(self, allow_empty=True):
-        self.allow_empty = allow_empty
-        self.describe = "text without '/'" + ("" if allow_empty else ", not empty")
-
-    def convert(self, value):
-        if not isinstance(value, str) or "\0" in value or "/" in value or os.sep in value or (not value and not self.allow_empty):
-            self.fail(value)
-        if value in (".", ".."):
-            self.fail(value)
-        return value
-
-
-positive_int = int_range(1)
-nonnegative_int = int_range(0)
-positive_float = float_range(0.0, low_open=True)
-nonnegative_float = float_range(0.0)
-open_fraction = float_range(0.0, 1.0, low_open=True, high_open=True)  # a probability threshold
-file_name = suffix(allow_empty=False)
 existing_path = _Path("an existing file or folder", os.path.exists)
 existing_file = _Path("an existing file", os.path.isfile)
 existing_dir = _Path("an existing folder", os.path.isdir)
 output_path = _Path("a folder path (not an existing file)", lambda p: not os.path.isfile(p))
-
-
-def check(flag, kind, value):
-    """`kind(value)`, or a `ValueError` naming `flag` (for settings read from a file)."""
-    try:
-        return kind(value)
-    except argparse.ArgumentTypeError as err:
-        raise ValueError(f"{flag}: {err}") from None
-
-
-def one_line(err):
-    """The first line of an exception's message, or its class name."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

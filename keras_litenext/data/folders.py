@@ -30,28 +30,32 @@ classification", Scientific Data 10, 41, 2023; CC BY 4.0).
 """
 
 import collections
-import concurrent.futures
 import csv
 import os
-import warnings
 
 import numpy as np
+import tensorflow as tf
 
-from keras_litenext.data import (
-    IMAGE_EXTENSIONS,
-    SPLIT_NAMES,
-    DatasetError,
-    _BadFile,
-    _examples,
-    _image_channels,
-    _quiet_opencv,
-    _read,
-    _resize_image,
-    _size_hw,
-    _to_uint8,
-    augmenter,
-    split_stems,
+from keras_litenext.data.augment import augmenter
+from keras_litenext.data.decode import (
+    check_channels,
+    convert_image,
+    decode_file,
+    quiet_opencv,
+    read_parallel,
+    resize_image,
+    size_hw,
 )
+from keras_litenext.data.errors import (
+    BadFile,
+    DatasetError,
+    examples,
+    load_failure,
+    unusable,
+)
+from keras_litenext.data.medical import IMAGE_EXTENSIONS
+from keras_litenext.data.pipeline import batched, map_batches, map_seeded
+from keras_litenext.data.splits import SPLIT_NAMES, split_stems
 from keras_litenext.utils import atomic_path
 
 __all__ = [
@@ -112,7 +116,7 @@ def _split_layout(root):
     others = [n for n in top if n.lower() not in SPLIT_NAMES]
     if others:
         raise DatasetError(
-            f"{root} mixes split folders ({', '.join(splits)}) with other folders ({_examples(others)}): "
+            f"{root} mixes split folders ({', '.join(splits)}) with other folders ({examples(others)}): "
             "put the class folders inside train/, val/ and test/, or use a flat layout of class folders"
         )
     if "train" not in [n.lower() for n in splits]:
@@ -167,7 +171,7 @@ def find_image_folder(root, class_names=None):
     if len(splits) > 1:
         missing = [f"{os.path.relpath(b, root)}/{n}" for b, cs in per_base.items() for n in names if n not in cs]
         if missing:
-            raise DatasetError(f"{root}: a class is missing from a split, every split needs every class (missing: {_examples(missing)})")
+            raise DatasetError(f"{root}: a class is missing from a split, every split needs every class (missing: {examples(missing)})")
     if class_names is not None:
         expected = [str(n) for n in class_names]
         if sorted(expected) != names:
@@ -189,7 +193,7 @@ def find_image_folder(root, class_names=None):
             labels += [index[name]] * len(found)
     if empty:
         raise DatasetError(
-            f"{len(empty)} class folder(s) hold no image files ({', '.join(IMAGE_EXTENSIONS)}): {_examples(empty)}"
+            f"{len(empty)} class folder(s) hold no image files ({', '.join(IMAGE_EXTENSIONS)}): {examples(empty)}"
         )
     return ImageFolder(root, tuple(names), files, np.asarray(labels, np.int64), splits, ignored)
 
@@ -197,11 +201,6 @@ def find_image_folder(root, class_names=None):
 # --------------------------------------------------------------------------------------------
 # Reading and the pre-flight scan
 # --------------------------------------------------------------------------------------------
-
-
-def _load_one(path, h, w, channels):
-    image = _image_channels(_to_uint8(_read(path)), channels)
-    return image if h is None else _resize_image(image, h, w)
 
 
 def load_image_folder(root, image_size, channels=3, class_names=None, skip_bad=False):
@@ -225,9 +224,8 @@ def load_image_folder(root, image_size, channels=3, class_names=None, skip_bad=F
             after skipping.
     """
     listing = find_image_folder(root, class_names=class_names)
-    h, w = (None, None) if image_size is None else _size_hw(image_size)
-    if channels not in (1, 3):
-        raise DatasetError(f"channels must be 1 or 3, got {channels!r}")
+    h, w = (None, None) if image_size is None else size_hw(image_size)
+    check_channels(channels)
     root = listing.root
     n = len(listing.files)
     images = [None] * n if h is None else np.empty((n, h, w, channels), np.uint8)
@@ -235,30 +233,22 @@ def load_image_folder(root, image_size, channels=3, class_names=None, skip_bad=F
 
     def work(stem):
         try:
-            return _load_one(os.path.join(root, stem), h, w, channels), None
-        except _BadFile as e:
+            image = convert_image(decode_file(os.path.join(root, stem)), channels)
+            return (image if h is None else resize_image(image, h, w)), None
+        except BadFile as e:
             return None, str(e)
         except Exception as e:  # never let an OpenCV/NumPy traceback escape
-            return None, f"cannot be loaded ({type(e).__name__}: {e})".splitlines()[0]
+            return None, load_failure(e)
 
-    with _quiet_opencv():
-        workers = max(1, min(8, os.cpu_count() or 1))
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            for i, (stem, (image, reason)) in enumerate(zip(listing.files, pool.map(work, listing.files))):
-                if reason is not None:
-                    problems.append(f"{stem}: {reason}")
-                    continue
-                images[len(keep)] = image
-                keep.append(i)
+    for i, (stem, (image, reason)) in enumerate(zip(listing.files, read_parallel(work, listing.files))):
+        if reason is not None:
+            problems.append(f"{stem}: {reason}")
+            continue
+        images[len(keep)] = image
+        keep.append(i)
     if problems:
-        summary = f"{len(problems)} of {n} images in {root} are unusable"
-        if not skip_bad:
-            raise DatasetError(f"{summary} (pass --skip-bad / skip_bad=True to skip them):\n" + "\n".join(problems))
-        warnings.warn(
-            f"{summary}; skipping them and keeping {len(keep)}: " + "; ".join(problems[:5])
-            + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""),
-            stacklevel=2,
-        )
+        # a class left empty is reported below, so no "none left" error here
+        unusable(f"{len(problems)} of {n} images in {root} are unusable", problems, len(keep), skip_bad, none_left=False)
     labels = listing.labels[keep]
     counts = np.bincount(labels, minlength=len(listing.class_names))
     emptied = [n for n, c in zip(listing.class_names, counts) if c == 0]
@@ -277,14 +267,14 @@ def probe_size(root, per_class=1):
     listing = find_image_folder(root)
     seen, h, w = collections.Counter(), 0, 0
     train = [i for i, s in enumerate(listing.files) if not listing.splits or s.split("/", 1)[0].lower() == "train"]
-    with _quiet_opencv():
+    with quiet_opencv():
         for i in train:
             label = int(listing.labels[i])
             if seen[label] >= per_class:
                 continue
             try:
-                shape = _read(os.path.join(listing.root, listing.files[i])).shape
-            except _BadFile:
+                shape = decode_file(os.path.join(listing.root, listing.files[i])).shape
+            except BadFile:
                 continue
             seen[label] += 1
             h, w = max(h, shape[0]), max(w, shape[1])
@@ -387,8 +377,6 @@ def make_classification_dataset(images, labels, batch_size, augment=None, shuffl
     epoch, batch, then float conversion and `augment(image, None, seed=...)` per batch with a
     per-batch seed, prefetch.
     """
-    import tensorflow as tf
-
     images = np.asarray(images)
     labels = np.asarray(labels).reshape(-1).astype(np.int32)
     if images.dtype != np.uint8:
@@ -399,21 +387,16 @@ def make_classification_dataset(images, labels, batch_size, augment=None, shuffl
         raise ValueError(f"make_classification_dataset: images {images.shape} and labels {labels.shape} do not match")
     if len(images) == 0:
         raise ValueError("make_classification_dataset got no examples")
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    ds = batched((images, labels), batch_size, shuffle, seed, drop_remainder=drop_remainder)
     if augment is None:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = map_batches(ds, lambda x, y: (tf.cast(x, tf.float32) / 255.0, y))
     else:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-
         def fn(batch, call_seed):
             x, y = batch
             x, _ = augment(tf.cast(x, tf.float32) / 255.0, None, seed=call_seed)
             return x, y
 
-        ds = tf.data.Dataset.zip((ds, seeds)).map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = map_seeded(ds, fn, seed)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

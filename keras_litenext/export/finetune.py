@@ -60,10 +60,9 @@ class _KeepBest(keras.callbacks.Callback):
 
 
 def _output_task(model):
-    from keras_litenext.tasks import get_task
+    from keras_litenext.tasks import task_for_output
 
-    channels = int(model.outputs[0].shape[-1])
-    return get_task(num_classes=2 if channels == 1 else channels)
+    return task_for_output(model.outputs[0].shape)
 
 
 def qat_finetune(
@@ -85,10 +84,10 @@ def qat_finetune(
             training run's cosine schedule ends (1e-3 x 1 %); larger rates moved a converged
             LiteNeXt away from its optimum faster than they removed quantization error.
         loss: a `keras.losses.Loss`, or a name for `keras_litenext.losses.get_loss` (for the
-            model's output channels); None: the default loss of the task of the output (one
-            channel: binary, K: multi-class). A run passes its own (`training.task_loss`).
+            model's output channels); None: the default loss of the task of the output
+            (`tasks.task_for_output`). A run passes its own (`train.task_loss`).
         metrics: Keras metrics for `compile`; None: the metrics of the task of the output
-            (`tasks.SegmentationTask.metrics`). They must include `monitor` without `val_`.
+            (`task.metrics()`). They must include `monitor` without `val_`.
         monitor: the validation value that picks the kept epoch (a task's `monitor`).
         mode: `"max"` or `"min"` for `monitor` (a task's `monitor_mode`).
         weight_decay: AdamW weight decay.
@@ -154,22 +153,18 @@ def _cardinality(ds):
 
 
 def val_score_fn(task, images, masks, batch_size=8):
-    """`score(model) -> float`: the mean per-image foreground Dice of `task` on uint8 `images`
-    and label `masks` (NaN when no image holds a foreground class), the score
-    `quantization.choose_rsqrt_quantile` ranks candidates by; for a classification task the
-    macro AUC of the labels `masks`. Runs the model eagerly, as calibration does, so each
-    candidate costs no tracing."""
+    """`score(model) -> float`: the task's monitored score of uint8 `images` and their labels
+    `masks` (`task.monitor_score`: the mean per-image foreground Dice, NaN when no image holds a
+    foreground class; a classifier's macro AUC), the score `quantization.choose_rsqrt_quantile`
+    ranks candidates by. Runs the model eagerly, as calibration does, so each candidate costs no
+    tracing."""
     x = to_float(images)
 
     def score(model):
         logits = np.concatenate([
             keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)
         ])
-        if getattr(task, "kind", "segmentation") == "classification":
-            return float(task.scores(masks, logits)["auc"])
-        dice = np.asarray(task.scores(masks, logits, hd95=False)["dice"], np.float64)
-        dice = dice[~np.isnan(dice)]
-        return float(dice.mean()) if dice.size else float("nan")
+        return task.monitor_score(masks, logits)
 
     return score
 

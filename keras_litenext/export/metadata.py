@@ -119,7 +119,10 @@ def _provide_version_module():
 def _writers():
     try:
         _provide_version_module()
-        from mediapipe.tasks.python.metadata.metadata_writers import image_segmenter, metadata_writer
+        from mediapipe.tasks.python.metadata.metadata_writers import (
+            image_segmenter,
+            metadata_writer,
+        )
     except Exception as err:
         raise MetadataError(f"writing TFLite metadata needs MediaPipe's metadata writers ({type(err).__name__}: {err}); "
                             f"{MEDIAPIPE_HINT}") from None
@@ -150,7 +153,7 @@ def output_labels(class_names, task_kind, output_channels):
     one-logit segmenter has one label, the foreground's (MediaPipe's category mask is then 0
     where `sigmoid(logit) > 0.5` and 255 elsewhere); K channels have the K class names."""
     names = [str(n) for n in class_names]
-    return names[-1:] if task_kind != "classification" and int(output_channels) == 1 else names
+    return names[-1:] if int(output_channels) == 1 else names  # a classifier has K >= 2 logits
 
 
 def add_metadata(model_bytes, class_names, task_kind, output_channels, name, description, input_dtype="float32",
@@ -160,7 +163,7 @@ def add_metadata(model_bytes, class_names, task_kind, output_channels, name, des
     Args:
         model_bytes: the converted file's bytes.
         class_names: class names, class 0 first (the labels file, `output_labels`).
-        task_kind: `"segmentation"` or `"classification"`.
+        task_kind: `"segmentation"` or `"classification"` (`task.metadata_kind`).
         output_channels: logits per pixel (segmentation): 1 gives `SIGMOID`, K gives `SOFTMAX`.
         name, description: the model's name and the description (model, data, metrics).
         input_dtype: the input tensor's dtype name (picks the normalisation).
@@ -170,7 +173,7 @@ def add_metadata(model_bytes, class_names, task_kind, output_channels, name, des
     Returns:
         `(bytes, metadata_json)`: the file and MediaPipe's JSON view of its metadata.
     """
-    metadata_writer, image_segmenter = _writers()
+    metadata_writer, _ = _writers()
     if version is None:
         from keras_litenext.version import __version__ as version
     mean, std = input_normalization(input_dtype, intensity)
@@ -182,24 +185,38 @@ def add_metadata(model_bytes, class_names, task_kind, output_channels, name, des
                                                  licenses=licence)
     writer.add_image_input(mean, std, name="image", description="RGB image, resized to the model's input size")
     labels = metadata_writer.Labels().add(output_labels(class_names, task_kind, output_channels), exported_filename=LABELS_FILE)
-    if task_kind == "classification":
-        writer.add_classification_output(labels, name="logits",
-                                         description=f"{len(class_names)} logits, one per class (arg-max = class; softmax = probabilities)")
-    else:
-        activation = image_segmenter.Activation.SIGMOID if int(output_channels) == 1 else image_segmenter.Activation.SOFTMAX
-        writer.add_custom_metadata(image_segmenter.ImageSegmenterOptionsMd(activation))
-        writer.add_segmentation_output(labels, name="logits", description=(
-            "one logit per pixel (sigmoid = foreground probability)" if int(output_channels) == 1
-            else f"{output_channels} logits per pixel, one per class (softmax = probabilities, arg-max = class)"))
+    json_view = _OUTPUTS.get(task_kind, _segmenter_output)(writer, labels, len(class_names), int(output_channels))
     try:
         data, metadata_json = writer.populate()
     except Exception as err:  # the populator raises ValueError/RuntimeError with a sentence
         raise MetadataError(f"writing TFLite metadata failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
     finally:
         del writer  # its temporary folder goes now, not at interpreter exit
-    if task_kind != "classification":  # MediaPipe's JSON view of the segmenter options
-        metadata_json = image_segmenter.convert_to_json(_metadata_buffer(data))
-    return bytes(data), metadata_json
+    return bytes(data), (json_view(data) if json_view else metadata_json)
+
+
+def _classifier_output(writer, labels, num_classes, output_channels):
+    """An `ImageClassifier`'s output: the logits with their labels. No JSON view of its own."""
+    writer.add_classification_output(labels, name="logits",
+                                     description=f"{num_classes} logits, one per class (arg-max = class; softmax = probabilities)")
+
+
+def _segmenter_output(writer, labels, num_classes, output_channels):
+    """An `ImageSegmenter`'s output: the logits with their labels and the segmenter activation
+    (SIGMOID for one logit per pixel, SOFTMAX for K); returns MediaPipe's JSON view of the file's
+    metadata (with the segmenter options)."""
+    _, image_segmenter = _writers()
+    activation = image_segmenter.Activation.SIGMOID if output_channels == 1 else image_segmenter.Activation.SOFTMAX
+    writer.add_custom_metadata(image_segmenter.ImageSegmenterOptionsMd(activation))
+    writer.add_segmentation_output(labels, name="logits", description=(
+        "one logit per pixel (sigmoid = foreground probability)" if output_channels == 1
+        else f"{output_channels} logits per pixel, one per class (softmax = probabilities, arg-max = class)"))
+    return lambda data: image_segmenter.convert_to_json(_metadata_buffer(data))
+
+
+# The output writer of each kind of reader (`task.metadata_kind`: the task says which it is; a
+# segmenter's by default).
+_OUTPUTS = {"segmentation": _segmenter_output, "classification": _classifier_output}
 
 
 def _metadata_buffer(data):
@@ -244,7 +261,7 @@ def check_mediapipe(path, images, task_kind, timeout=300):
     Args:
         path: the `.tflite` file (with metadata).
         images: `(N, H, W, 3)` uint8 RGB.
-        task_kind: `"segmentation"` or `"classification"`.
+        task_kind: `"segmentation"` or `"classification"` (`task.metadata_kind`).
 
     Returns:
         segmentation: `{"category": (N, H, W) uint8, "confidence": (N, H, W, C) float32,
@@ -278,40 +295,53 @@ def check_mediapipe(path, images, task_kind, timeout=300):
 def _run_task(path, folder, task_kind):
     """The child process of `check_mediapipe`: MediaPipe only (no TensorFlow imported)."""
     sys.modules.setdefault("tensorflow", None)  # MediaPipe's metadata module would import it for file access
+    images = np.load(os.path.join(folder, "images.npy"))
+    out = _READERS.get(task_kind, _segment)(path, images)
+    np.savez(os.path.join(folder, "result.npz"), **out)
+
+
+def _classify(path, images):
+    """`ImageClassifier` on each image: the scores of all categories, in class order."""
     import mediapipe as mp
     from mediapipe.tasks.python.core.base_options import BaseOptions
-    from mediapipe.tasks.python.vision import image_classifier, image_segmenter
+    from mediapipe.tasks.python.vision import image_classifier
 
-    images = np.load(os.path.join(folder, "images.npy"))
-    out = {}
-    if task_kind == "classification":
-        options = image_classifier.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=path), max_results=-1)
-        with image_classifier.ImageClassifier.create_from_options(options) as classifier:
-            scores, labels = [], None
-            for image in images:
-                result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
-                categories = result.classifications[0].categories
-                if labels is None:
-                    labels = [None] * len(categories)
-                    for c in categories:
-                        labels[c.index] = c.category_name
-                row = np.zeros(len(categories), np.float32)
+    options = image_classifier.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=path), max_results=-1)
+    with image_classifier.ImageClassifier.create_from_options(options) as classifier:
+        scores, labels = [], None
+        for image in images:
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+            categories = result.classifications[0].categories
+            if labels is None:
+                labels = [None] * len(categories)
                 for c in categories:
-                    row[c.index] = c.score
-                scores.append(row)
-        out = {"scores": np.stack(scores), "top": np.argmax(np.stack(scores), axis=-1), "labels": np.array(labels)}
-    else:
-        options = image_segmenter.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=path),
-                                                        output_category_mask=True, output_confidence_masks=True)
-        with image_segmenter.ImageSegmenter.create_from_options(options) as segmenter:
-            category, confidence = [], []
-            for image in images:
-                result = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
-                category.append(np.array(result.category_mask.numpy_view()).reshape(image.shape[:2]))
-                confidence.append(np.stack([np.array(m.numpy_view()).reshape(image.shape[:2]) for m in result.confidence_masks], axis=-1))
-            labels = segmenter.labels
-        out = {"category": np.stack(category), "confidence": np.stack(confidence).astype(np.float32), "labels": np.array(labels)}
-    np.savez(os.path.join(folder, "result.npz"), **out)
+                    labels[c.index] = c.category_name
+            row = np.zeros(len(categories), np.float32)
+            for c in categories:
+                row[c.index] = c.score
+            scores.append(row)
+    return {"scores": np.stack(scores), "top": np.argmax(np.stack(scores), axis=-1), "labels": np.array(labels)}
+
+
+def _segment(path, images):
+    """`ImageSegmenter` on each image: the category mask and the confidence masks."""
+    import mediapipe as mp
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+    from mediapipe.tasks.python.vision import image_segmenter
+
+    options = image_segmenter.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=path),
+                                                    output_category_mask=True, output_confidence_masks=True)
+    with image_segmenter.ImageSegmenter.create_from_options(options) as segmenter:
+        category, confidence = [], []
+        for image in images:
+            result = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+            category.append(np.array(result.category_mask.numpy_view()).reshape(image.shape[:2]))
+            confidence.append(np.stack([np.array(m.numpy_view()).reshape(image.shape[:2]) for m in result.confidence_masks], axis=-1))
+        labels = segmenter.labels
+    return {"category": np.stack(category), "confidence": np.stack(confidence).astype(np.float32), "labels": np.array(labels)}
+
+
+_READERS = {"segmentation": _segment, "classification": _classify}
 
 
 if __name__ == "__main__":  # check_mediapipe's child: FILE FOLDER TASK_KIND

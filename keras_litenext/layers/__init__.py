@@ -24,7 +24,11 @@ only, so it runs on every Keras backend.
 """
 
 from keras_litenext.layers.axial import AxialDepthwiseConv
-from keras_litenext.layers.channel_layer_norm import ChannelLayerNorm, DeployChannelLayerNorm, QuantChannelLayerNorm
+from keras_litenext.layers.channel_layer_norm import (
+    ChannelLayerNorm,
+    DeployChannelLayerNorm,
+    QuantChannelLayerNorm,
+)
 from keras_litenext.layers.conv_norm_act import ConvNormAct, conv_fan_in, torch_init
 from keras_litenext.layers.input_shape import check_input_shape
 from keras_litenext.layers.layer_scale import LayerScale, QuantLayerScale

@@ -8,7 +8,12 @@ import keras
 from keras import layers, ops
 
 from keras_litenext.quantization.core import QuantLayerMixin, quantize_constant
-from keras_litenext.quantization.rules import SELF, QuantRule, register_quant_rule, unsupported_error
+from keras_litenext.quantization.rules import (
+    SELF,
+    QuantRule,
+    register_quant_rule,
+    unsupported_error,
+)
 
 PACKAGE = "keras_litenext"
 

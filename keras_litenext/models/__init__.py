@@ -5,6 +5,16 @@ all. `create_model(name, **kwargs)` builds one, `get_spec(name)` / `spec_of(mode
 facts (size multiple, feature layers, tasks, PyTorch names).
 """
 
+from keras_litenext.models.litenext import LiteNeXt  # registers "litenext"
+from keras_litenext.models.lvunet import (  # registers "lvunet"
+    LVUNet,
+    model_to_deploy,
+    reparameterize,
+)
+from keras_litenext.models.mednext import (  # registers "mednext_cls", "mednext_seg"
+    MedNeXtClassifier,
+    MedNeXtSeg,
+)
 from keras_litenext.models.registry import (
     ModelSpec,
     create_model,
@@ -14,9 +24,6 @@ from keras_litenext.models.registry import (
     register_model,
     spec_of,
 )
-from keras_litenext.models.litenext import LiteNeXt  # registers "litenext"
-from keras_litenext.models.lvunet import LVUNet, model_to_deploy, reparameterize  # registers "lvunet"
-from keras_litenext.models.mednext import MedNeXtClassifier, MedNeXtSeg  # registers "mednext_cls", "mednext_seg"
 from keras_litenext.models.ulite import ULite  # registers "ulite"
 
 __all__ = [

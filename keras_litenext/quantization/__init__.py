@@ -41,7 +41,16 @@ Example:
 >>> tflite_bytes = keras_litenext.litert.convert(qat, "int8", representative_data=train_images[:64])
 """
 
-from keras_litenext.quantization.calibration import RSQRT_QUANTILES, calibrate, choose_rsqrt_quantile, tie_ranges
+from keras_litenext.quantization.batchnorm import (
+    distribute_batch_norms,
+    fold_batch_norms,
+)
+from keras_litenext.quantization.calibration import (
+    RSQRT_QUANTILES,
+    calibrate,
+    choose_rsqrt_quantile,
+    tie_ranges,
+)
 from keras_litenext.quantization.core import (
     FIXED_ACTIVATION_RANGES,
     FUSED_ACTIVATIONS,
@@ -59,8 +68,6 @@ from keras_litenext.quantization.graph import (
     MAX_DEPTHWISE_TAPS,
     deployment_model,
     depthwise_pieces,
-    distribute_batch_norms,
-    fold_batch_norms,
     is_qat_model,
     quant_layers,
     quantize_model,

@@ -28,13 +28,23 @@ Example:
 'val_auc'
 """
 
-from keras_litenext.tasks.base import TASKS, MaskError, Task, register_task, softmax
+from keras_litenext.tasks.base import (
+    TASKS,
+    MaskError,
+    Task,
+    register_task,
+    slug,
+    softmax,
+)
+from keras_litenext.tasks.binary import BinaryTask
 from keras_litenext.tasks.classes import CLASSES_FILE, read_classes_json, read_palette
 from keras_litenext.tasks.classification import ClassificationTask
-from keras_litenext.tasks.segmentation import BinaryTask, MulticlassTask, SegmentationTask
+from keras_litenext.tasks.multiclass import MulticlassTask
+from keras_litenext.tasks.segmentation import SegmentationTask
 
 __all__ = ["TASKS", "BinaryTask", "ClassificationTask", "CLASSES_FILE", "MaskError", "MulticlassTask", "SegmentationTask", "Task",
-           "get_task", "read_classes_json", "read_palette", "register_task", "softmax", "task_for_output", "task_from_config"]
+           "get_task", "read_classes_json", "read_palette", "register_task", "slug", "softmax", "task_for_output", "task_from_config",
+           "task_of_model"]
 
 
 def get_task(name=None, num_classes=None, class_names=None, palette=None, mask_threshold=0, binary_check=True):
@@ -101,3 +111,24 @@ def task_for_output(output_shape, class_names=None):
     if len(shape) == 2:
         return get_task("classification", num_classes=channels, class_names=class_names)
     return get_task(num_classes=2 if channels == 1 else channels, class_names=class_names)
+
+
+# -- training and run folder
+def task_of_model(spec, name=None, model_name=None):
+    """The task a run of a model trains: `name`, which the model must serve, else the model's only
+    task (a classifier's `classification`), else None (binary or multiclass by the class count).
+
+    Args:
+        spec: the model's `ModelSpec` (None: an unknown model, nothing is checked).
+        model_name: the model as the settings name it, for the error.
+
+    Raises:
+        ValueError: a task the model does not serve, naming both.
+    """
+    if spec is None:
+        return name
+    if name is None:
+        return spec.tasks[0] if len(spec.tasks) == 1 else None
+    if name not in spec.tasks:
+        raise ValueError(f"Model {model_name or spec.name!r} serves the task(s) {', '.join(spec.tasks)}, not {name!r}.")
+    return name

@@ -13,8 +13,13 @@ def register_task(cls):
     return cls
 
 
-def _slug(name):
+def slug(name):
+    """A class name as metric keys spell it (`dice_<slug>`): lowercase, runs of other characters
+    than `[a-z0-9_]` become `_`; `"class"` when nothing is left."""
     return re.sub(r"[^a-z0-9_]+", "_", str(name).strip().lower()).strip("_") or "class"
+
+
+_slug = slug  # the task modules' name for it
 
 
 class MaskError(ValueError):
@@ -54,6 +59,29 @@ class Task:
 
     def __repr__(self):
         return f"{type(self).__name__}(class_names={list(self.class_names)!r})"
+
+    # -- training and run folder
+    # What differs between tasks when a run is trained and its folder written (`keras_litenext.train`,
+    # `keras_litenext.runs`): subclasses set these and define `resolve_settings`, `file_settings`,
+    # `default_image_size`, `split`, `augmenter`, `dataset`, `warn_about_targets`, `data_line`,
+    # `test_results`, `test_count` and `write_test_artifacts`.
+    item_word = "images"  # what one example of the dataset is called in messages
+    uses_masks = False  # the dataset is images/ and masks/ paired by name (else one sub-folder per class)
+    uses_intensity = False  # the run stores an intensity recipe (`TrainConfig.intensity`) for its images
+    loss_settings = ()  # the `TrainConfig` settings that `loss` takes, by name
+
+    def run_loss(self, config):
+        """The loss of a run's settings: `config.loss` wired with the settings `loss_settings` names."""
+        return self.loss(config.loss, **{name: getattr(config, name) for name in self.loss_settings})
+
+    # -- export
+    # What differs between tasks when a run becomes phone files (`keras_litenext.export`):
+    # subclasses set these and define `monitor_score`, `test_scores`, `report_summary`,
+    # `file_headline`, `evaluation_text`, `output_contract`, `file_description`, `export_gate`
+    # and `report_markdown` (the heavier ones call `keras_litenext.export`'s modules).
+    mediapipe_task = None  # the MediaPipe Tasks reader of the phone files
+    metadata_kind = None  # the kind of output the TFLite metadata describes (`export.metadata`)
+    metadata_activation = None  # the segmenter activation the metadata states (MediaPipe's name)
 
 
 def _fmt(value):

@@ -1,8 +1,10 @@
 """The image classification task: K logits per image, softmax."""
 
+import os
+
 import numpy as np
 
-from keras_litenext.tasks.base import softmax, Task, _fmt, register_task
+from keras_litenext.tasks.base import Task, _fmt, register_task, softmax
 
 
 @register_task
@@ -71,6 +73,22 @@ class ClassificationTask(Task):
 
     labels_from_probabilities = labels
 
+    # -- evaluation and prediction
+    any_size = False  # every image is resized to the training size, as in training
+    prediction_csv = "predictions.csv"  # a prediction is one row per image: file, predicted, a probability per class
+
+    def evaluation_lines(self, results):
+        """What an evaluation reports: accuracy, balanced accuracy, macro AUC, the recall per class,
+        the confusion matrix and the image count."""
+        lines = [f"{'accuracy':>18}: {results['accuracy']:.4f}",
+                 f"{'balanced accuracy':>18}: {results['balanced_accuracy']:.4f}",
+                 f"{'macro AUC':>18}: {results['auc']:.4f}"]
+        for name, value in results["recall_per_class"].items():
+            lines.append(f"{'recall ' + name:>18}: {'-' if value is None else f'{value:.4f}'}")
+        lines.append(f"confusion matrix (rows true, columns predicted; {', '.join(self.class_names)}): {results['confusion_matrix']}")
+        lines.append(f"{results['images']} images")
+        return lines
+
     def scores(self, labels, logits, from_logits=True, **_ignored):
         """Test-split scores (`metrics.classification_scores`) of true class indices `(N,)` and
         logits `(N, K)` (probabilities with `from_logits=False`)."""
@@ -88,6 +106,102 @@ class ClassificationTask(Task):
         return (f"accuracy {_fmt(scores['accuracy'])}, balanced accuracy {_fmt(scores['balanced_accuracy'])}, "
                 f"AUC {_fmt(scores['auc'])} (recall: {recall})")
 
+    # -- training and run folder
+    item_word = "images"
+    uses_masks = False  # one sub-folder per class
+    uses_intensity = False
+    loss_settings = ("class_weights", "label_smoothing")
+
+    @classmethod
+    def resolve_settings(cls, config):
+        """Fill a run's class names from the class folders of its data (sorted), unless given (then a
+        permutation of them), and check the settings that have no meaning here; returns the task."""
+        from keras_litenext.data.folders import read_class_names
+
+        if config.palette:
+            raise ValueError("--palette maps mask colours to classes; it has no meaning for image classification.")
+        if config.serp:
+            raise ValueError("--serp (a reconstruction of the segmentation encoder) is for segmentation runs, not classification.")
+        if config.data is not None and os.path.isdir(config.data):
+            folders = list(read_class_names(config.data))
+            if config.class_names is None:
+                config.class_names = folders
+            elif sorted(str(n) for n in config.class_names) != sorted(folders):
+                raise ValueError(f"class_names {list(config.class_names)} are not the class folders of {config.data} ({', '.join(folders)}).")
+        if config.class_names is not None:
+            config.class_names = [str(n) for n in config.class_names]
+            if config.num_classes is not None and int(config.num_classes) != len(config.class_names):
+                raise ValueError(f"--num-classes {config.num_classes} but {len(config.class_names)} classes: {', '.join(config.class_names)}.")
+        task = config.task_spec
+        config.num_classes, config.class_names = task.num_classes, list(task.class_names)
+        return task
+
+    def file_settings(self, model, settings):
+        """Settings a bare `.keras` classifier implies (`runs.file_run`): the task and the model's
+        registry name (the classes come from the data's folders)."""
+        from keras_litenext.models import registry
+
+        if settings.get("task", self.name) != self.name:
+            return {}
+        try:
+            name = registry.spec_of(model).name
+        except ValueError:
+            name = model.name
+        return {"task": self.name, "model": name}
+
+    def default_image_size(self, data, size_multiple):
+        """The data's size rounded up to the model's stride, at least 2 strides, at most 256."""
+        from keras_litenext.data.folders import default_image_size, probe_size
+
+        return default_image_size(max(probe_size(data)), size_multiple)
+
+    def split(self, stems, labels, fractions, seed):
+        """A seeded split stratified by class, or the dataset's own train/val/test folders."""
+        from keras_litenext.data.folders import split_images
+
+        return split_images(stems, labels, fractions=fractions, seed=seed)
+
+    def augmenter(self, seed=None):
+        """Flips and small rotations of the image only."""
+        from keras_litenext.data.folders import classification_augmenter
+
+        return classification_augmenter(seed=seed)
+
+    def dataset(self, images, labels, batch_size, augment=None, shuffle=False, seed=None, drop_remainder=False):
+        """A `tf.data` pipeline of `(image, label)` batches."""
+        from keras_litenext.data.folders import make_classification_dataset
+
+        return make_classification_dataset(images, labels, batch_size, augment=augment, shuffle=shuffle, seed=seed,
+                                           drop_remainder=drop_remainder)
+
+    def warn_about_targets(self, arrays, data):
+        """Nothing to warn about: every image has its class."""
+
+    def data_line(self, report):
+        """What the training's `Data:` line says of the classes, the split and ignored files."""
+        line = "; classification: " + ", ".join(f"{n} {c}" for n, c in report["per_class"].items())
+        line += f"; {'split folders ' + '/'.join(report['splits']) if report['splits'] else 'stratified split'}"
+        return line + (f"; {report['ignored']} non-image files ignored" if report.get("ignored") else "")
+
+    def test_results(self, labels, logits, spacing=None):
+        """The test-split part of `metrics.json`: `scores` (a pixel size has no meaning here)."""
+        return self.scores(labels, logits)
+
+    def test_count(self, results):
+        return f"{results['images']} test images"
+
+    def write_test_artifacts(self, run, images, labels, logits, results):
+        """`confusion_matrix.png` and `test_predictions.csv` (class probabilities of every test image)."""
+        from keras_litenext.data.folders import write_predictions_csv
+        from keras_litenext.visualize import plot_confusion_matrix
+
+        plot_confusion_matrix(results["confusion_matrix"], self.class_names, run.file("confusion_matrix.png"),
+                              title=f"test split ({results['images']} images), accuracy {results['accuracy']:.3f}")
+        stems = (run.splits() or {}).get("test")
+        if stems is None or len(stems) != len(labels):
+            stems = [str(i) for i in range(len(labels))]
+        write_predictions_csv(run.file("test_predictions.csv"), stems, self.probabilities(logits), self.class_names, true_labels=labels)
+
     def contract(self):
         return {
             "task": self.name,
@@ -96,3 +210,51 @@ class ClassificationTask(Task):
             "decoding": "class = arg-max over the last axis (softmax gives the class probabilities)",
             "activation": "none (logits); apply softmax over the last axis",
         }
+
+    # -- export
+    mediapipe_task = "ImageClassifier"
+    metadata_kind = "classification"
+
+    @property
+    def output_wording(self):
+        return f"{self.num_classes} logits, arg-max = class"
+
+    def monitor_score(self, labels, logits):
+        """The macro AUC of logits: what QAT ranks its candidates by."""
+        return float(self.scores(labels, logits)["auc"])
+
+    def test_scores(self, labels, logits, **_segmentation_options):
+        """`scores` of logits (accuracy, balanced accuracy, AUC, per class, confusion matrix)."""
+        return self.scores(labels, np.asarray(logits, np.float32))
+
+    def report_summary(self, result):
+        """The export report's view of `test_scores`: the scores as they are."""
+        return dict(result)
+
+    def file_headline(self, test):
+        return f"test accuracy {test['accuracy']:.4f}, AUC {_fmt(test['auc'])}"
+
+    def evaluation_text(self, images):
+        return f"test split ({images} images), accuracy, balanced accuracy and macro one-vs-rest ROC AUC"
+
+    def output_contract(self, out):
+        """The contract's output section (`export.contract.classification_output`)."""
+        from keras_litenext.export.contract import classification_output
+
+        return classification_output(self, out)
+
+    def file_description(self, file_test, float_test):
+        from keras_litenext.export.contract import classification_description
+
+        return classification_description(self, file_test, float_test)
+
+    def export_gate(self, report, options):
+        """The accuracy and AUC gate (`export.gate.accuracy_gate`: `options.max_accuracy_drop`, `max_auc_drop`)."""
+        from keras_litenext.export.gate import accuracy_gate
+
+        return accuracy_gate(report, options.max_accuracy_drop, options.max_auc_drop)
+
+    def report_markdown(self, report):
+        from keras_litenext.export.report import classification_markdown
+
+        return classification_markdown(report)

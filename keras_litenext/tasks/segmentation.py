@@ -1,8 +1,15 @@
-"""The per-pixel tasks: `binary` (one logit, sigmoid) and `multiclass` (K logits, softmax)."""
+"""What the per-pixel tasks share (`binary.py`, `multiclass.py`): loss and metric wiring, scores,
+splits and datasets of image/mask pairs, test artifacts, the export report."""
+
+import os
 
 import numpy as np
 
-from keras_litenext.tasks.base import softmax, MaskError, Task, _slug, _values_text, register_task
+from keras_litenext.notes import note
+from keras_litenext.tasks.base import (
+    Task,
+    _slug,
+)
 
 
 class SegmentationTask(Task):
@@ -16,6 +23,40 @@ class SegmentationTask(Task):
     @property
     def foreground_names(self):
         return self.class_names[1:]
+
+    # -- evaluation and prediction
+    any_size = True  # predicted and scored at each image's own size (`predict_image` modes)
+    prediction_csv = None  # a prediction is written per image: <stem>_mask.png and <stem>_overlay.png
+
+    def evaluate(self, model, data, **kwargs):
+        """`metrics.evaluate_model` of `model` on `(images, masks)`, with this task's class names."""
+        from keras_litenext.metrics import evaluate_model
+
+        if self.output_channels > 1:
+            kwargs.setdefault("class_names", self.class_names)
+        return evaluate_model(model, data, **kwargs)
+
+    def evaluation_lines(self, results):
+        """What an evaluation reports: the mean ± std of each metric (HD95, ASSD in `results["units"]`),
+        the Dice per foreground class, and how many images were counted."""
+        lines = []
+        for name in ("dice", "iou", "precision", "recall", "hd95", "assd"):
+            if name in results:
+                unit = f" {results['units'].split()[0]}" if name in ("hd95", "assd") else ""
+                lines.append(f"{name:>9}: {results[name]['mean']:.4f} ± {results[name]['std']:.4f}{unit}")
+        for cls in self.foreground_names if self.output_channels > 1 else ():
+            key = next((k for k in results if k.startswith("dice_") and k[5:] == _slug(cls)), None)
+            if key:
+                lines.append(f"{'Dice ' + cls:>9}: {results[key]['mean']:.4f} ± {results[key]['std']:.4f}")
+        lines.append(f"{results['counted']} of {results['images']} images counted (empty ground truth left out)")
+        return lines
+
+    def fractions_line(self, labels, voxel=None):
+        """The share of each foreground class in a label map, or its volume in ml given the voxel
+        volume in mm³."""
+        return ", ".join(
+            (f"{n} {np.count_nonzero(labels == c) * voxel / 1000.0:.2f} ml" if voxel else f"{n} {np.mean(labels == c):.1%}")
+            for c, n in enumerate(self.class_names) if c)
 
     # -- training -----------------------------------------------------------------------------
     def loss(self, name=None, mwl_weights=None, mwl_kernel=7, class_weights=None):
@@ -61,149 +102,161 @@ class SegmentationTask(Task):
             line += " (per class Dice: " + ", ".join(parts) + ")"
         return line
 
+    # -- training and run folder
+    item_word = "pairs"
+    uses_masks = True
+    uses_intensity = True  # stored, so config.json says how pixels map
+    loss_settings = ("mwl_weights", "mwl_kernel", "class_weights")
 
-@register_task
-class BinaryTask(SegmentationTask):
-    """One logit per pixel; `sigmoid(logit) > 0.5` (i.e. `logit > 0`) is the foreground."""
+    @classmethod
+    def resolve_settings(cls, config):
+        """Fill a run's `class_names` / `num_classes` from `classes.json` beside the data, and read
+        its palette file into it (so the run folder alone says how masks decode); returns the task."""
+        from keras_litenext.tasks.classes import read_classes_json, read_palette
 
-    name = "binary"
-    activation = "sigmoid"
-    output_channels = 1
-
-    def __init__(self, class_names=("background", "foreground"), mask_threshold=0, binary_check=True):
-        super().__init__(class_names)
-        if self.num_classes != 2:
-            raise ValueError(f"The binary task has 2 classes (background, foreground), got {self.class_names!r}.")
-        self.mask_threshold = int(mask_threshold)
-        self.binary_check = bool(binary_check)
-
-    def decode_mask(self, raw):
-        """`(H, W)` uint8 {0, 1} from a stored mask: colour masks take the max over channels, then
-        `value > mask_threshold`. With threshold 0 a mask with more than two values is refused
-        (JPEG artefacts or an interpolated mask would silently become foreground)."""
-        if raw.ndim == 3:
-            raw = raw[:, :, :3].max(axis=2) if raw.shape[2] >= 3 else raw[:, :, 0]
-        if self.binary_check and not self.mask_threshold:
-            if raw.dtype == np.uint8:
-                n_values = int(np.count_nonzero(np.bincount(raw.ravel(), minlength=256)))
-            else:
-                n_values = len(np.unique(raw))
-            if n_values > 2:
-                raise MaskError(
-                    f"has {n_values} distinct values, not a binary mask (JPEG artefacts or a resized "
-                    "mask?); pass mask_threshold=127 (--mask-threshold 127) to binarise it, or "
-                    "--num-classes K for a class-index mask"
+        if isinstance(config.palette, str):
+            config.palette = {"{},{},{}".format(*c): i for c, i in read_palette(config.palette).items()}
+        if config.class_names is None:
+            names = read_classes_json(config.data)
+            if names is not None and (config.num_classes is None or int(config.num_classes) == len(names)):
+                config.class_names = names
+            elif names is not None:
+                raise ValueError(
+                    f"--num-classes {config.num_classes} disagrees with {os.path.join(config.data, 'classes.json')} "
+                    f"({len(names)} classes: {', '.join(names)})."
                 )
-        return (raw > self.mask_threshold).astype(np.uint8)
+        if config.class_names is not None:
+            config.class_names = [str(n) for n in config.class_names]
+            config.num_classes = len(config.class_names)
+        task = config.task_spec  # validates the combination
+        config.task, config.num_classes, config.class_names = task.name, task.num_classes, list(task.class_names)
+        return task
 
-    def probabilities(self, logits):
-        """Foreground probability `(..., 1)` of logits `(..., 1)`."""
-        logits = np.asarray(logits, np.float32)
-        return 1.0 / (1.0 + np.exp(-logits))
+    def file_settings(self, model, settings):
+        """Settings a bare `.keras` file implies (`runs.file_run`): its class count, unless given."""
+        if settings.get("num_classes") is None and settings.get("class_names") is None:
+            return {"num_classes": self.num_classes}
+        return {}
 
-    def labels(self, logits):
-        """`(...)` uint8 {0, 1} label map of logits `(..., 1)`."""
-        return (np.asarray(logits)[..., 0] > 0).astype(np.uint8)
+    def default_image_size(self, data, size_multiple):
+        """The training size when none is given."""
+        return 256
 
-    def labels_from_probabilities(self, probabilities):
-        return (np.asarray(probabilities)[..., 0] > 0.5).astype(np.uint8)
+    def split(self, stems, masks, fractions, seed):
+        """A seeded train/val/test split of the stems (slices of one volume stay together)."""
+        from keras_litenext.data import split_stems
 
-    def contract(self):
-        return {
-            "task": self.name,
-            "classes": {str(i): n for i, n in enumerate(self.class_names)},
-            "output_meaning": "one logit per pixel (1 channel); sigmoid(logit) is the foreground probability",
-            "decoding": "foreground where logit > 0 (probability > 0.5)",
-            "activation": "none (logits); apply sigmoid",
-        }
+        return split_stems(stems, fractions=fractions, seed=seed)
 
+    def augmenter(self, seed=None):
+        """Flips, rotation, zoom, brightness/contrast and blur, moving the mask with the image."""
+        from keras_litenext.data import augmenter
 
-@register_task
-class MulticlassTask(SegmentationTask):
-    """K logits per pixel (class 0 the background); softmax, the arg-max is the class.
+        return augmenter(seed=seed)
 
-    Masks are class-index maps (one channel, 8 or 16 bit, values `0..K-1`); a colour mask needs
-    a `palette` (`{(r, g, b): class_index}`). A value `>= K` or a colour not in the palette is
-    an error naming the values found, never a silent remap.
-    """
+    def dataset(self, images, masks, batch_size, augment=None, shuffle=False, seed=None, drop_remainder=False):
+        """A `tf.data` pipeline of `(image, target)` batches in this task's target form."""
+        from keras_litenext.data import make_dataset
 
-    name = "multiclass"
-    activation = "softmax"
-    # Softmax CE + multi-class soft Dice: best validation Dice on bbbc039_3class (0.7984 vs
-    # 0.7890 for the per-class Marginal Weight Loss, 256², 20 epochs; README, Results).
-    default_loss = "ce_dice"
+        return make_dataset(images, masks, batch_size, augment=augment, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder,
+                            binary=self.output_channels == 1)
 
-    def __init__(self, class_names, palette=None):
-        super().__init__(class_names)
-        self.palette = None
-        if palette:
-            self.palette = {tuple(int(c) for c in colour): int(index) for colour, index in dict(palette).items()}
-            bad = sorted({i for i in self.palette.values() if not 0 <= i < self.num_classes})
-            if bad:
-                raise ValueError(f"palette maps colours to class(es) {bad}, outside 0..{self.num_classes - 1}.")
+    def warn_about_targets(self, arrays, data):
+        """One warning when masks hold no foreground: all of them (nothing to learn), or all of the
+        val or test split (its Dice is undefined)."""
+        empty = {name: not np.any(masks) for name, (_, masks) in arrays.items()}
+        if all(empty.values()):
+            note(f"every mask in {data} is empty (no foreground pixel): there is nothing to learn and the Dice is "
+                          "undefined (nan); check --masks-suffix and --mask-threshold", stacklevel=3)
+        elif empty["val"] or empty["test"]:
+            which = " and ".join(n for n in ("val", "test") if empty[n])
+            note(f"every mask of the {which} split of {data} is empty: its Dice is undefined (nan)"
+                          + (" and best.keras cannot be chosen by it" if empty["val"] else "")
+                          + "; use more data or another --seed / --split", stacklevel=3)
 
-    @property
-    def output_channels(self):
-        return self.num_classes
+    def data_line(self, report):
+        """What the training's `Data:` line says of the classes."""
+        return f"; {self.name}: {', '.join(self.class_names)}" if self.output_channels > 1 else ""
 
-    def to_dict(self):
-        config = super().to_dict()
-        if self.palette:
-            config["palette"] = {"{},{},{}".format(*c): i for c, i in self.palette.items()}
-        return config
+    def test_results(self, masks, logits, spacing=None):
+        """The test-split part of `metrics.json`: per-image scores summarised (mean, std) and listed
+        (`per_image`). With `spacing` (one pixel size per test image) HD95 is in those units (mm),
+        the per-image areas and ASSD are added, and `units` says so."""
+        from keras_litenext.metrics import summarize
 
-    def decode_mask(self, raw):
-        """`(H, W)` uint8 class indices from a stored mask (index map, or colour + palette)."""
-        if self.palette:
-            if raw.ndim != 3 or raw.shape[2] < 3:
-                return self._check_indices(raw if raw.ndim == 2 else raw[:, :, 0])
-            rgb = raw[:, :, 2::-1][:, :, :3].astype(np.int64)  # OpenCV reads BGR(A)
-            code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-            table = {(r << 16) | (g << 8) | b: i for (r, g, b), i in self.palette.items()}
-            found = np.unique(code)
-            unknown = [c for c in found.tolist() if c not in table]
-            if unknown:
-                colours = ", ".join(f"({c >> 16},{(c >> 8) & 255},{c & 255})" for c in unknown[:8])
-                raise MaskError(f"has colour(s) not in the palette: {colours}" + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""))
-            out = np.zeros(code.shape, np.uint8)
-            for c in found.tolist():
-                out[code == c] = table[c]
-            return out
-        if raw.ndim == 3:
-            channels = raw[:, :, :3] if raw.shape[2] >= 3 else raw[:, :, :1]
-            if channels.shape[2] > 1 and not (np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(channels[..., 0], channels[..., 2])):
-                raise MaskError("is a colour image, not a class-index map; pass a palette (--palette colours.json) that maps each colour to a class")
-            raw = channels[..., 0]
-        return self._check_indices(raw)
+        physical = {} if spacing is None else {"spacing": spacing, "areas": True, "surface": True}
+        scores = self.scores(masks, logits, **physical)
+        return {**({"units": "mm (HD95, ASSD), mm² (areas)"} if physical else {}), **summarize(scores),
+                "per_image": {k: np.asarray(v).tolist() for k, v in scores.items()}}
 
-    def _check_indices(self, raw):
-        if raw.dtype.kind == "f":
-            if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
-                raise MaskError("has non-integer values; a class-index mask stores whole class numbers")
-        values = np.unique(raw)
-        bad = values[(values < 0) | (values >= self.num_classes)]
-        if bad.size:
-            raise MaskError(
-                f"has value(s) {_values_text(bad)} outside the {self.num_classes} classes 0..{self.num_classes - 1} "
-                f"(values found: {_values_text(values)}); set --num-classes or classes.json"
-            )
-        return raw.astype(np.uint8)
+    def test_count(self, results):
+        return f"{results['counted']} of {results['images']} test images"
 
-    def probabilities(self, logits):
-        """Softmax over the last axis."""
-        return softmax(logits)
+    def write_test_artifacts(self, run, images, masks, logits, results):
+        """`test_overlays.png`: up to 16 test images with predicted (red) and true (green) outlines."""
+        from keras_litenext.visualize import overlay_labels, save_grid
 
-    def labels(self, logits):
-        """`(...)` uint8 arg-max of logits `(..., K)`."""
-        return np.argmax(np.asarray(logits), axis=-1).astype(np.uint8)
+        n = min(16, len(images))
+        if n:
+            labels = self.labels(logits)
+            tiles = [overlay_labels(images[i], labels[i], self.num_classes, masks[i][..., 0]) for i in range(n)]
+            save_grid(run.file("test_overlays.png"), tiles, legend=self.class_names if self.num_classes > 2 else None)
 
-    labels_from_probabilities = labels
+    # -- export
+    mediapipe_task = "ImageSegmenter"
+    metadata_kind = "segmentation"
 
-    def contract(self):
-        return {
-            "task": self.name,
-            "classes": {str(i): n for i, n in enumerate(self.class_names)},
-            "output_meaning": f"{self.num_classes} logits per pixel, one per class, class 0 the background",
-            "decoding": "class = arg-max over the last axis (softmax gives the class probabilities)",
-            "activation": "none (logits); apply softmax over the last axis",
-        }
+    def monitor_score(self, masks, logits):
+        """The mean per-image foreground Dice of logits (NaN when no image holds a foreground
+        class): what QAT ranks its candidates by."""
+        dice = np.asarray(self.scores(masks, logits, hd95=False)["dice"], np.float64)
+        dice = dice[~np.isnan(dice)]
+        return float(dice.mean()) if dice.size else float("nan")
+
+    def test_scores(self, masks, logits, threshold=0.5, empty="skip", hd95=True):
+        """Per-image scores of logits summarised (`export.scoring.summarised`), as files and Keras
+        models are scored in an export; `threshold` is the binary task's."""
+        from keras_litenext.export.scoring import summarised
+
+        kwargs = {"empty": empty, "hd95": hd95}
+        if self.output_channels == 1:
+            kwargs["threshold"] = threshold
+        return summarised(self.scores(masks, np.asarray(logits, np.float32), **kwargs))
+
+    def score_keys(self):
+        """`{class name: score-key suffix}` of the foreground classes (`dice_<suffix>` in the
+        scores); None for the binary task's one class, whose numbers are the overall ones."""
+        from keras_litenext.metrics import class_names_for
+
+        if self.output_channels == 1:
+            return {self.foreground_names[0]: None}
+        return dict(zip(self.foreground_names, class_names_for(self.num_classes, self.class_names)[1:]))
+
+    def report_summary(self, result):
+        """The export report's view of `test_scores`: mean/std per metric and per class, per-image Dice."""
+        from keras_litenext.export.scoring import segmentation_summary
+
+        return segmentation_summary(result, self.score_keys())
+
+    def file_headline(self, test):
+        return f"test Dice {test['dice']['mean']:.4f}"
+
+    def evaluation_text(self, images):
+        return (f"test split ({images} images), per-image Dice/IoU/HD95"
+                + (" (mean over the foreground classes present, and per class)" if self.output_channels > 1 else ""))
+
+    def file_description(self, file_test, float_test):
+        from keras_litenext.export.contract import segmentation_description
+
+        return segmentation_description(self, file_test, float_test)
+
+    def export_gate(self, report, options):
+        """The Dice gate (`export.gate.dice_gate`: `options.max_dice_drop`, `max_class_drop`)."""
+        from keras_litenext.export.gate import dice_gate
+
+        return dice_gate(report, options.max_dice_drop, options.max_class_drop)
+
+    def report_markdown(self, report):
+        from keras_litenext.export.report import segmentation_markdown
+
+        return segmentation_markdown(report)

@@ -8,7 +8,11 @@ from keras_litenext.models.litenext.litenext_layers import (
     ResidualBottleneck,
     ScaleWeightedSum,
 )
-from keras_litenext.models.litenext.litenext_model import STRIDE, LiteNeXt, feature_layers
+from keras_litenext.models.litenext.litenext_model import (
+    STRIDE,
+    LiteNeXt,
+    feature_layers,
+)
 from keras_litenext.models.litenext.litenext_torch import torch_key
 from keras_litenext.models.registry import ModelSpec, register_model
 

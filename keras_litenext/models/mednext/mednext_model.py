@@ -218,8 +218,12 @@ def MedNeXtSeg(
         size: `"t"`, `"s"` (default) or `"b"`.
         decoder_depths: three ints, blocks of decoder stages 3, 2, 1 (strides 16, 8, 4).
             Defaults to (2, 2, 2).
-        drop_path_rate, layer_scale_init, ffn_ratio, kernel_sizes, block_order,
-        attention_stages: as `MedNeXtClassifier` (decoder blocks take the attention of their
+        drop_path_rate: as in `MedNeXtClassifier`.
+        layer_scale_init: as in `MedNeXtClassifier`.
+        ffn_ratio: as in `MedNeXtClassifier`.
+        kernel_sizes: as in `MedNeXtClassifier`.
+        block_order: as in `MedNeXtClassifier`.
+        attention_stages: as in `MedNeXtClassifier` (decoder blocks take the attention of their
             scale's encoder stage).
         weights: None or the path of a `.weights.h5` file of a model of the same configuration.
         name: str; None (default) gives `"mednext_seg_{{size}}"`.

@@ -1,7 +1,11 @@
 """U-Lite (Dinh et al., 2023, arXiv:2306.16103): builder, blocks, PyTorch names, registry spec."""
 
 from keras_litenext.models.registry import ModelSpec, register_model
-from keras_litenext.models.ulite.ulite_layers import DecoderBlock, DilatedAxialBottleneck, EncoderBlock
+from keras_litenext.models.ulite.ulite_layers import (
+    DecoderBlock,
+    DilatedAxialBottleneck,
+    EncoderBlock,
+)
 from keras_litenext.models.ulite.ulite_model import FEATURE_LAYERS, STRIDE, ULite
 from keras_litenext.models.ulite.ulite_torch import torch_key
 

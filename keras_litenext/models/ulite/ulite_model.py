@@ -8,7 +8,11 @@ import keras
 from keras import layers
 
 from keras_litenext.layers import check_input_shape, torch_init
-from keras_litenext.models.ulite.ulite_layers import DecoderBlock, DilatedAxialBottleneck, EncoderBlock
+from keras_litenext.models.ulite.ulite_layers import (
+    DecoderBlock,
+    DilatedAxialBottleneck,
+    EncoderBlock,
+)
 
 STRIDE = 32  # five 2x2 max-pools
 STAGES = 5

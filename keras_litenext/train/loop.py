@@ -1,0 +1,238 @@
+"""The training loop: `train(config)` from a dataset folder to a finished run folder, the
+`tf.data` pipelines it fits on (`build_datasets`) and the loss of its settings (`task_loss`)."""
+
+import contextlib
+import os
+import time
+
+import keras
+
+from keras_litenext.models import create_model, get_spec
+from keras_litenext.runs import BACKUP, BEST, CONFIG, HISTORY
+from keras_litenext.train.callbacks import (
+    BestModelCheckpoint,
+    NonFiniteLossError,
+    RunBackup,
+    RunFolderGuard,
+    StopOnNonFiniteLoss,
+)
+from keras_litenext.train.finish import finish_run
+from keras_litenext.train.resume import (
+    discard_failed_start,
+    kept_state,
+    prepare_run_folder,
+    restore_state,
+)
+from keras_litenext.utils import OutputError
+
+__all__ = ["build_datasets", "task_loss", "train"]
+
+
+def train(config, strategy=None, given=None):
+    """Train a model as `config` says and return the test metrics (also in `metrics.json`).
+
+    Args:
+        config: a `TrainConfig`.
+        strategy: optional `tf.distribute.Strategy`; by default `MirroredStrategy` when more
+            than one GPU is visible (TensorFlow backend), else none.
+        given: for `config.resume`, the names of the settings the caller set (default: those
+            that differ from `TrainConfig()`); `RESUMABLE` ones are applied, others must match.
+
+    Raises:
+        data.DatasetError: a problem with the dataset, found before training starts.
+        ValueError: a setting out of range, or a resume with settings that differ.
+        runs.RunError: the run folder is in use by another process, or cannot be resumed.
+        utils.OutputError: the run folder cannot be written (found before training when it
+            can be; else at the failing write, with the last good state kept).
+        NonFiniteLossError: the loss became NaN/inf; the run folder keeps the last good state.
+
+    A new run that fails before its first epoch is saved leaves nothing behind.
+    """
+    with contextlib.ExitStack() as stack:
+        run = prepare_run_folder(config, given, stack)
+        try:
+            return _train(run, strategy)
+        except BaseException as err:
+            if discard_failed_start(run) and isinstance(err, NonFiniteLossError):
+                raise NonFiniteLossError(
+                    f"Training stopped: {err}, before the first epoch was finished, so nothing was kept "
+                    f"({run.path} is removed); lower --lr or check the data, then run the same command again.") from None
+            raise
+
+
+def _train(run, strategy=None):
+    config, task = run.config, run.task
+    keras.utils.set_random_seed(config.seed)
+    gpus, auto_strategy = _devices()
+    strategy = strategy or auto_strategy
+    if _switch(config.mixed_precision, gpus > 0):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    # auto: XLA on a GPU; under JAX always (JAX without jit runs op by op, ~10x slower)
+    jit = _switch(config.jit_compile, gpus > 0 or keras.backend.backend() == "jax")
+
+    images, targets, stems, report = run.load_data()
+    arrays = run.split_arrays(images, targets, stems)
+    sizes = {k: len(v[0]) for k, v in arrays.items()}
+    task.warn_about_targets(arrays, config.data)
+    print(f"Data: {config.data}: {len(stems)} {task.item_word} at {config.image_size}x{config.image_size}{task.data_line(report)} "
+          f"(train {sizes['train']}, val {sizes['val']}, test {sizes['test']}"
+          + (f"; skipped {len(report['skipped'])}" if report.get("skipped") else "") + ")")
+    train_ds, val_ds = build_datasets(config, arrays)
+    steps = max(1, sizes["train"] // config.batch_size)
+
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        model, fit_model, spec, callbacks = _compiled_models(config, task, steps, jit)
+
+    out = config.output
+    best_path = run.file(BEST)
+    backup = RunBackup(run.file(BACKUP))
+    checkpoint = BestModelCheckpoint(model, best_path, monitor=task.monitor, mode=task.monitor_mode, transform=spec.deploy_form)
+    done = restore_state(run, fit_model, checkpoint, backup) if config.resume else 0
+    # Order matters. The NaN guard runs first, so nothing after it sees a broken step; the folder
+    # guard next, so nothing is written into a vanished folder. The history row is written
+    # before the backup (a kill in between replays that epoch and its row); the best model after
+    # it (a kill while saving it is repaired from the backup, which holds that epoch).
+    callbacks = [
+        StopOnNonFiniteLoss(),
+        RunFolderGuard(out, CONFIG),
+        *callbacks,
+        keras.callbacks.CSVLogger(run.file(HISTORY), append=config.resume),
+        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+        backup,
+        checkpoint,
+    ]
+    start = time.time()
+    try:
+        if done < config.epochs:
+            fit_model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=done, callbacks=callbacks,
+                          verbose=config.verbose, shuffle=False)
+        train_seconds = time.time() - start
+        final = keras.saving.load_model(best_path) if os.path.exists(best_path) else spec.deploy_form(model)
+        summary = finish_run(config, final, arrays, train_seconds, spacing=_test_spacing(run, report))
+    except NonFiniteLossError as err:
+        kept = kept_state(out)
+        if not kept and not config.resume:
+            raise  # a failed start: `train` removes the folder and says so
+        raise NonFiniteLossError(
+            f"Training stopped: {err}. " + (f"The last good state is kept in {out} ({kept})" if kept else
+                                            f"No epoch of {out} was finished yet")
+            + "; lower --lr or check the data, then continue with --resume --lr <lower rate>."
+        ) from None
+    except Exception as err:
+        if not _is_write_error(err):
+            raise
+        kept = kept_state(out) if os.path.isdir(out) else ""
+        raise OutputError(
+            (str(err) if isinstance(err, OutputError) else f"cannot write to the run folder {out}: {_one_line(err)}")
+            + (f"; the last good state is kept ({kept}): fix the folder, then continue with --resume" if kept else "")
+        ) from None
+    backup.delete()  # last: until metrics.json and the pictures are written, a resume finishes them
+    return summary
+
+
+def _compiled_models(config, task, steps, jit):
+    """`(model, fit_model, spec, callbacks)`: the inference model, the model `fit` trains (with
+    SeRP, its training wrapper) compiled with the task's loss and metrics, the model's spec and
+    the callbacks they add (the family's, SeRP's teacher update, the plateau schedule)."""
+    model = create_model(
+        config.model, input_shape=(config.image_size, config.image_size, config.channels),
+        num_classes=task.output_channels, **config.model_kwargs,
+    )
+    spec = get_spec(config.model)
+    callbacks = spec.callbacks(config.epochs)
+    if config.serp:
+        from keras_litenext.serp import build_serp_model
+
+        fit_model, ema = build_serp_model(model, weight=config.serp_weight, decay=config.serp_decay)
+        callbacks.append(ema)
+    else:
+        fit_model = model
+    if config.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=steps * config.epochs, alpha=1e-2)
+    elif config.schedule == "plateau":
+        lr = config.lr
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=task.monitor, mode=task.monitor_mode, factor=0.5, patience=10, min_lr=config.lr / 100))
+    else:
+        raise ValueError(f"Unknown schedule {config.schedule!r}: use 'cosine' or 'plateau'.")
+    fit_model.compile(
+        optimizer=keras.optimizers.AdamW(lr, weight_decay=config.weight_decay),
+        loss=task.run_loss(config),
+        metrics=task.metrics(),
+        jit_compile=jit,
+    )
+    return model, fit_model, spec, callbacks
+
+
+def _one_line(err):
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def build_datasets(config, arrays):
+    """`(train, val)` tf.data pipelines for `fit`, in the task's form (`task.dataset`); SeRP runs
+    get `((view1, view2), target)`."""
+    task = config.task_spec
+    train_images, train_targets = arrays["train"]
+    augment = task.augmenter(seed=config.seed) if config.augment else None
+    if config.serp:
+        augment = _serp_views(augment)
+    train = task.dataset(train_images, train_targets, config.batch_size, augment=augment, shuffle=True, seed=config.seed,
+                         drop_remainder=len(train_images) >= config.batch_size)
+    val = task.dataset(*arrays["val"], config.batch_size)
+    if config.serp:
+        val = val.map(lambda x, y: ((x, x), y))
+    return train, val
+
+
+def task_loss(config):
+    """The loss of a run's settings, through its task (`Task.run_loss`: one place wires the MWL arguments)."""
+    return config.task_spec.run_loss(config)
+
+
+def _test_spacing(run, report):
+    """The `(row, column)` pixel size of each test image (DICOM, NIfTI), or None unless all are known."""
+    known, stems = (report or {}).get("spacing") or {}, (run.splits() or {}).get("test") or []
+    return [known[s][:2] for s in stems] if stems and all(s in known for s in stems) else None
+
+
+def _is_write_error(err):
+    if isinstance(err, OSError):
+        return True
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
+    return isinstance(err, (tf.errors.PermissionDeniedError, tf.errors.NotFoundError, tf.errors.FailedPreconditionError))
+
+
+def _devices():
+    """The accelerator count, and a distribution strategy when there are several (TF backend)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        return len(gpus), (tf.distribute.MirroredStrategy() if len(gpus) > 1 else None)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return sum(d.platform == "gpu" for d in jax.devices()), None
+    return 0, None
+
+
+def _switch(value, default):
+    return default if value == "auto" else value in (True, "on", "true", "1", 1)
+
+
+def _serp_views(augment):
+    """Two augmented views of each batch, `((view1, view2), mask_of_view1)`, for SeRP."""
+
+    def views(image, mask, seed=None):
+        if augment is None:
+            return (image, image), mask
+        view1, mask1 = augment(image, mask, seed=seed)
+        view2, _ = augment(image, mask, seed=None if seed is None else seed + 1)
+        return (view1, view2), mask1
+
+    return views
