@@ -81,7 +81,7 @@ def load_preset(name_or_folder, compile=False):
     """The Keras model of a preset (a folder, or a bundled preset's name)."""
     import keras
 
-    import keras_litenext  # noqa: F401  (registers the package's layers)
+    from keras_litenext import layers, losses, metrics, models, quantization  # noqa: F401  (register what a saved model may name)
 
     folder = preset_path(name_or_folder)
     with open(os.path.join(folder, CONFIG), encoding="utf-8") as f:

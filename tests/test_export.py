@@ -24,6 +24,7 @@ from keras_litenext.export import metadata as M
 from keras_litenext.layers import ChannelLayerNorm
 from keras_litenext.metrics import per_image_scores
 from keras_litenext.runs import TrainConfig
+from keras_litenext.tasks import get_task
 from keras_litenext.utils import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,7 +231,7 @@ def test_report_dice_equals_keras_and_evaluate_tflite(converted, run, arrays):
     # The fp32 file computes the Keras model: the same per-image Dice up to float noise (a pixel whose logit is ~0).
     assert nan_equal(report_dice(files["fp32"]["test"]["per_image"]["dice"]), keras_scores["dice"], atol=0.01)
     for kind in ("fp32", "int8"):
-        direct = E.evaluate_tflite(out / f"litenext_{kind}.tflite", x01(images), masks)
+        direct = E.evaluate_tflite(out / f"litenext_{kind}.tflite", x01(images), masks, get_task("binary"))
         assert nan_equal(report_dice(files[kind]["test"]["per_image"]["dice"]), direct["per_image"]["dice"], atol=1e-9), kind
         assert files[kind]["test"]["dice"]["mean"] == pytest.approx(direct["dice"]["mean"])
 

@@ -441,7 +441,7 @@ def test_fit_evaluate_predict_on_dicom_files_and_nifti_volumes(tmp_path):
     opened = Run.open(run)
     path = str(tmp_path / "m.tflite")
     write_bytes(path, convert(opened.load_model(), "fp32"))
-    contract = io_contract(path, "m", "fp32", opened.config, {"data": str(root)})
+    contract = io_contract(path, "m", "fp32", opened.config, {"data": str(root)}, opened.task)
     assert contract["input"]["intensity"]["kind"] == "window" and not contract["input"]["intensity"]["per_image"]
     assert "x = clip((v - (-20)) / 320, 0, 1)" in contract["input"]["preprocess"]
     assert contract["metadata"]["normalization"] == {"mean": [-20.0], "std": [320.0]}

@@ -133,8 +133,9 @@ def _exports(init_path):
 
 
 def import_graph(known):
-    """`{module: {modules it imports}}` over the package, every import (local ones too). A name
-    taken from a package's face counts as an import of the submodule that defines it."""
+    """`{module: {modules it imports}}` over the package, every import (local ones too, since
+    a call can run them). A name taken from a package's face counts as an import of the submodule
+    it comes from; the face itself imports its submodules."""
     faces = {name: _exports(path) for name, path in known.items() if path.name == "__init__.py"}
     graph = {}
     for name, path in known.items():
@@ -160,8 +161,6 @@ def import_graph(known):
                     edges.add(faces[module][attr])
                 elif module in known:
                     edges.add(module)
-        if is_package:  # a face importing its own submodules is how a package is assembled
-            edges = {e for e in edges if not e.startswith(name + ".")}
         edges.discard(name)
         graph[name] = edges
     return graph

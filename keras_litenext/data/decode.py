@@ -15,7 +15,7 @@ import os
 import cv2
 import numpy as np
 
-from keras_litenext.data.errors import BadFile, DatasetError, examples
+from keras_litenext.data.errors import BadFile, DatasetError, MaskError, examples
 from keras_litenext.data.intensity import IntensityError
 from keras_litenext.notes import note
 
@@ -187,3 +187,24 @@ def read_parallel(work, items):
         workers = max(1, min(8, os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             yield from pool.map(work, items)
+
+
+def binary_mask(raw, mask_threshold=0, binary_check=True):
+    """`(H, W)` uint8 {0, 1} from a stored mask (the `binary` task's decoding): colour masks take
+    the max over channels, then `value > mask_threshold`. With threshold 0 a mask with more than
+    two values is refused (JPEG artefacts or an interpolated mask would silently become
+    foreground)."""
+    if raw.ndim == 3:
+        raw = raw[:, :, :3].max(axis=2) if raw.shape[2] >= 3 else raw[:, :, 0]
+    if binary_check and not mask_threshold:
+        if raw.dtype == np.uint8:
+            n_values = int(np.count_nonzero(np.bincount(raw.ravel(), minlength=256)))
+        else:
+            n_values = len(np.unique(raw))
+        if n_values > 2:
+            raise MaskError(
+                f"has {n_values} distinct values, not a binary mask (JPEG artefacts or a resized "
+                "mask?); pass mask_threshold=127 (--mask-threshold 127) to binarise it, or "
+                "--num-classes K for a class-index mask"
+            )
+    return (raw > mask_threshold).astype(np.uint8)

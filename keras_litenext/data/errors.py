@@ -10,6 +10,10 @@ class DatasetError(ValueError):
     """A dataset problem, with a human message naming the file(s) and what is wrong."""
 
 
+class MaskError(ValueError):
+    """A mask file whose values do not fit the task (the message says which values)."""
+
+
 class BadFile(Exception):
     """Internal: a per-file problem (reason text) that becomes one report line."""
 

@@ -190,7 +190,7 @@ def load_pair(pair, h, w, channels, decode_mask, intensity, slice_axis=2, empty_
     """
     import cv2
 
-    from keras_litenext.tasks import MaskError
+    from keras_litenext.data.errors import MaskError
 
     problems = []
     images = masks = None

@@ -7,6 +7,7 @@ The scan collects *all* problems before raising, one line per file after a summa
 is left.
 """
 
+import functools
 import os
 import warnings
 
@@ -14,6 +15,7 @@ import cv2
 import numpy as np
 
 from keras_litenext.data.decode import (
+    binary_mask,
     check_channels,
     convert_image,
     decode_file,
@@ -23,12 +25,17 @@ from keras_litenext.data.decode import (
     resize_image,
     size_hw,
 )
-from keras_litenext.data.errors import BadFile, DatasetError, load_failure, unusable
+from keras_litenext.data.errors import (
+    BadFile,
+    DatasetError,
+    MaskError,
+    load_failure,
+    unusable,
+)
 from keras_litenext.data.intensity import Intensity
 from keras_litenext.data.medical import is_medical
 from keras_litenext.data.medical import load_pair as _load_medical_pair
 from keras_litenext.data.pairs import find_pairs
-from keras_litenext.tasks import BinaryTask, MaskError
 
 
 def _load_pair(pair, h, w, channels, decode_mask, notes=None, intensity=None):
@@ -127,9 +134,10 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
     if not pairs:
         raise DatasetError("load_pairs got no pairs to load")
     root = os.path.dirname(os.path.dirname(pairs[0].image)) or "."
-    if task is None:
-        task = BinaryTask(mask_threshold=mask_threshold, binary_check=binary_check)
-    decode_mask = task.decode_mask
+    if task is None:  # the binary task's decoding
+        decode_mask = functools.partial(binary_mask, mask_threshold=mask_threshold, binary_check=binary_check)
+    else:
+        decode_mask = task.decode_mask
     dtype = np.uint8 if intensity is None else intensity.dtype
 
     if h is None:

@@ -13,7 +13,7 @@ from keras_litenext.export.scoring import fmt, mean_of
 from keras_litenext.litert import FILE_KINDS, io_details
 
 
-def io_contract(path, model_name, kind, config, meta, task=None):
+def io_contract(path, model_name, kind, config, meta, task):
     """The I/O contract of a `.tflite` file: what to feed it and how to read its output.
 
     Returns a JSON-able dict: the task and its classes; input size, channels, dtype, scale /
@@ -22,11 +22,8 @@ def io_contract(path, model_name, kind, config, meta, task=None):
     for binary, arg-max over the last axis for K classes), in the output's own units; model
     name and training data. `config` is the run's `runs.TrainConfig`.
     """
-    from keras_litenext.tasks import task_for_output
-
     details = io_details(path)
     inp, out = details["input"], details["output"]
-    task = task or task_for_output(out["shape"])
     _, height, width, channels = inp["shape"]
     grey_model = config.channels == 1 and channels == 3
     color = ("RGB; the model is grey: the file averages R, G and B (give a grey image as R = G = B)" if grey_model

@@ -10,19 +10,15 @@ from keras_litenext.export.scoring import fmt, mean_of
 from keras_litenext.utils import atomic_path, write_json
 
 
-def report_markdown(report, task=None):
+def report_markdown(report, task):
     """`report.md` of `export_run`: the task's tables and gate (`task.report_markdown`:
     segmentation: summary table, per-class Dice (K > 1), quality gate; classification: accuracy /
     AUC, per-class recall and AUC, the int8 file's confusion matrix and its gate), then each
-    file's ops with dtypes. `task`: default the report's own (its `task` and `class_names`)."""
-    if task is None:
-        from keras_litenext.tasks import get_task
-
-        task = get_task(report.get("task"), class_names=report.get("class_names"))
+    file's ops with dtypes. `task`: the report's task (`report["task"]`, `report["class_names"]`)."""
     return task.report_markdown(report)
 
 
-def write_report(report, output, task=None):
+def write_report(report, output, task):
     """Write `report.json` and `report.md` into `output`; returns the report (with `"output"`)."""
     report["output"] = os.path.abspath(output)
     write_json(os.path.join(output, "report.json"), report)

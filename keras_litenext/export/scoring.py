@@ -44,7 +44,7 @@ def score_logits(task, masks, logits, threshold=0.5, empty="skip", hd95=True):
     return task.test_scores(masks, logits, threshold=threshold, empty=empty, hd95=hd95)
 
 
-def evaluate_tflite(model, images, masks, task=None, threshold=0.5, empty="skip", hd95=True, num_threads=2, xnnpack=True):
+def evaluate_tflite(model, images, masks, task, threshold=0.5, empty="skip", hd95=True, num_threads=2, xnnpack=True):
     """Per-image Dice/IoU/precision/recall/HD95 of a `.tflite` file, as `metrics.evaluate_model`
     gives them for a Keras model, per class too for a multi-class task.
 
@@ -53,13 +53,10 @@ def evaluate_tflite(model, images, masks, task=None, threshold=0.5, empty="skip"
         images: `(N, H, W, C)` float images in [0, 1] (uint8 is divided by 255); grey images
             are repeated to RGB for the RGB file of a grey model.
         masks: `(N, H, W, 1)` label maps (binary {0, 1}, or class indices).
-        task: a `keras_litenext.tasks` task; default: binary for a one-channel output, else
-            multi-class with generic class names.
+        task: the `keras_litenext.tasks` task that says what the output means
+            (`keras_litenext.tasks.task_for_output(shape)` reads one off a bare model).
     """
-    from keras_litenext.tasks import task_for_output
-
     logits = run_tflite(model, file_input(np.asarray(images), model), num_threads=num_threads, xnnpack=xnnpack)
-    task = task or task_for_output(logits.shape)
     return score_logits(task, masks, logits, threshold=threshold, empty=empty, hd95=hd95)
 
 

@@ -52,7 +52,7 @@ def load_model_file(path):
     """A `.keras` file loaded, or a one-line `FileNotFoundError` / `RunError` naming it."""
     import keras
 
-    import keras_litenext  # noqa: F401  (registers the package's layers, losses and metrics)
+    from keras_litenext import layers, losses, metrics, models, quantization  # noqa: F401  (register what a saved model may name)
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist.")

@@ -4,6 +4,8 @@ import re
 
 import numpy as np
 
+from keras_litenext.data.errors import MaskError  # noqa: F401  (a task's decode_mask raises it)
+
 TASKS = {}
 
 
@@ -20,10 +22,6 @@ def slug(name):
 
 
 _slug = slug  # the task modules' name for it
-
-
-class MaskError(ValueError):
-    """A mask file whose values do not fit the task (the message says which values)."""
 
 
 def _values_text(values, limit=12):

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from keras_litenext.tasks.base import MaskError, register_task
+from keras_litenext.data.decode import binary_mask
+from keras_litenext.tasks.base import register_task
 from keras_litenext.tasks.segmentation import SegmentationTask
 
 
@@ -25,20 +26,7 @@ class BinaryTask(SegmentationTask):
         """`(H, W)` uint8 {0, 1} from a stored mask: colour masks take the max over channels, then
         `value > mask_threshold`. With threshold 0 a mask with more than two values is refused
         (JPEG artefacts or an interpolated mask would silently become foreground)."""
-        if raw.ndim == 3:
-            raw = raw[:, :, :3].max(axis=2) if raw.shape[2] >= 3 else raw[:, :, 0]
-        if self.binary_check and not self.mask_threshold:
-            if raw.dtype == np.uint8:
-                n_values = int(np.count_nonzero(np.bincount(raw.ravel(), minlength=256)))
-            else:
-                n_values = len(np.unique(raw))
-            if n_values > 2:
-                raise MaskError(
-                    f"has {n_values} distinct values, not a binary mask (JPEG artefacts or a resized "
-                    "mask?); pass mask_threshold=127 (--mask-threshold 127) to binarise it, or "
-                    "--num-classes K for a class-index mask"
-                )
-        return (raw > self.mask_threshold).astype(np.uint8)
+        return binary_mask(raw, self.mask_threshold, self.binary_check)
 
     def probabilities(self, logits):
         """Foreground probability `(..., 1)` of logits `(..., 1)`."""

@@ -144,19 +144,19 @@ class SegmentationTask(Task):
 
     def split(self, stems, masks, fractions, seed):
         """A seeded train/val/test split of the stems (slices of one volume stay together)."""
-        from keras_litenext.data import split_stems
+        from keras_litenext.data.splits import split_stems
 
         return split_stems(stems, fractions=fractions, seed=seed)
 
     def augmenter(self, seed=None):
         """Flips, rotation, zoom, brightness/contrast and blur, moving the mask with the image."""
-        from keras_litenext.data import augmenter
+        from keras_litenext.data.augment import augmenter
 
         return augmenter(seed=seed)
 
     def dataset(self, images, masks, batch_size, augment=None, shuffle=False, seed=None, drop_remainder=False):
         """A `tf.data` pipeline of `(image, target)` batches in this task's target form."""
-        from keras_litenext.data import make_dataset
+        from keras_litenext.data.pipeline import make_dataset
 
         return make_dataset(images, masks, batch_size, augment=augment, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder,
                             binary=self.output_channels == 1)
