@@ -27,24 +27,25 @@ setup(
         "tensorboard>=2.20",  # TF 2.21 no longer pulls it; runs write TensorBoard logs
         "matplotlib>=3.7",  # curves.png of a run
         "scipy>=1.10",  # exact distance transforms of the surface metrics (HD95, ASSD)
+        "ai-edge-litert>=2.3,<3",  # LiteRT: runs, scores and times the .tflite files; its model schema edits them
     ],
     extras_require={
-        "litert": ["ai-edge-litert>=2.3,<3"],
-        # TFLite metadata for MediaPipe Tasks (keras_litenext.metadata). MediaPipe's wheel also
-        # declares opencv-contrib-python, a second copy of cv2; `pip install --no-deps
-        # "mediapipe==1.2.3"` avoids it (README, "Phone-ready files").
+        "litert": [],  # ai-edge-litert is a base dependency now; the extra stays so that old install lines work
+        # To check files with MediaPipe in Python (keras_litenext.export.metadata: read_metadata,
+        # check_mediapipe); writing the metadata needs no MediaPipe. Its wheel declares
+        # opencv-contrib-python, a second (non-headless) copy of cv2: prefer `pip install --no-deps
+        # "mediapipe==1.2.3"` (docs/export.md). Not in `test` or `dev` for that reason; .ci/run installs it so.
         "mediapipe": ["mediapipe==1.2.3"],
         "jax": ["jax>=0.4.30"],
         # DICOM and NIfTI datasets (keras_litenext.medical_io)
         "dicom": ["pydicom>=3,<4"],
         "nifti": ["nibabel>=5,<6"],
         "medical": ["pydicom>=3,<4", "nibabel>=5,<6"],
-        "test": ["pytest>=8", "pytest-xdist>=3", "build>=1", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "mediapipe==1.2.3", "hypothesis>=6",
+        "test": ["pytest>=8", "pytest-xdist>=3", "build>=1", "jax>=0.4.30", "hypothesis>=6", "scikit-learn>=1.3",
                  "pydicom>=3,<4", "nibabel>=5,<6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
         # the documentation site (mkdocs.yml, docs/; tests/test_docs.py builds it)
         "docs": ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
-        "dev": ["pytest>=8", "ai-edge-litert>=2.3,<3", "jax>=0.4.30", "ruff", "hypothesis>=6", "pydicom>=3,<4", "nibabel>=5,<6",
-                "mediapipe==1.2.3"],
+        "dev": ["pytest>=8", "jax>=0.4.30", "ruff", "hypothesis>=6", "pydicom>=3,<4", "nibabel>=5,<6"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

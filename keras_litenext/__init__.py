@@ -4,6 +4,10 @@
 >>> model = LiteNeXt()          # 711,201 parameters, logits at the input resolution
 """
 
+from keras_litenext.cli import quiet_start as _quiet_start
+
+_quiet_start()  # the command alone (not a library user): TensorFlow's C++ start-up lines stay out of its output
+
 # Importing the modules registers their layers, quantization rules, model specs, losses and
 # metrics with Keras, so that any saved `.keras` file of the package loads after
 # `import keras_litenext`.

@@ -42,8 +42,9 @@ def run_python(code, backend="jax", args=(), cwd=None, timeout=600):
 
 
 # -- a skip for a missing package fails CI ---------------------------------------------------------
-# `.ci/run` installs the whole `test` extra and sets KERAS_LITENEXT_STRICT_SKIPS=1: a test skipped
-# there because a package could not be imported would pass unseen, so the run fails instead.
+# `.ci/run` installs the whole `test` extra (and MediaPipe, with --no-deps) and sets
+# KERAS_LITENEXT_STRICT_SKIPS=1: a test skipped there because a package could not be imported would
+# pass unseen, so the run fails instead.
 _MISSING_PACKAGE = ("could not import", "not installed", "no module named")
 _missing_skips = []
 

@@ -68,7 +68,7 @@ def test_wheel_command_helps(installed):
 def test_wheel_command_fits_evaluates_predicts_and_exports(installed):
     bin_dir, work = installed
     command = bin_dir / "keras-litenext"
-    _run([command, "fit", "--epochs", "1", "--output", "run"], cwd=work)
+    _run([command, "fit", "--epochs", "1", "--image-size", "48", "--batch-size", "32", "--output", "run"], cwd=work)
     run = work / "run"
     for name in ("best.keras", "config.json", "metrics.json", "splits.json", "history.csv"):
         assert (run / name).is_file(), name

@@ -2,16 +2,14 @@
 
 import json
 import math
-import os
 import pathlib
 import re
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_python
 
 from keras_litenext import metrics as M
 from keras_litenext.metrics import (
@@ -311,16 +309,7 @@ def test_metrics_on_jax_backend(tmp_path):
     y, z = random_set(9)
     labels, z3 = random_multiclass(14)
     np.savez(tmp_path / "data.npz", y=y, z=z, labels=labels, z3=z3)
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-c", JAX_SCRIPT, str(tmp_path / "data.npz")],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python(JAX_SCRIPT, args=[tmp_path / "data.npz"], cwd=tmp_path, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT") :])

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import cv2
 import keras
 import numpy as np
 import pytest
+from conftest import run_python
 
 import keras_litenext as kl
 from keras_litenext.train import (
@@ -81,7 +81,8 @@ def test_fit_writes_a_complete_run_and_lowers_the_loss(dataset, trained_run):
     model = keras.saving.load_model(run / "best.keras")
     assert model.count_params() == kl.LiteNeXt(input_shape=(32, 32, 3), width=8).count_params()
     # a fresh process loads it after nothing but `import keras_litenext` (custom loss and metrics registered)
-    loaded = run_python(f"import keras, keras_litenext; print(keras.saving.load_model({str(run / 'best.keras')!r}).count_params())")
+    loaded = run_python(f"import keras, keras_litenext; print(keras.saving.load_model({str(run / 'best.keras')!r}).count_params())",
+                        backend="tensorflow")
     assert loaded.returncode == 0 and loaded.stdout.split()[-1] == str(model.count_params()), loaded.stderr[-2000:]
     # the run folder is not overwritten by accident
     with pytest.raises(FileExistsError, match="--resume"):
@@ -176,11 +177,6 @@ def test_serp_adds_its_loss_and_updates_the_teacher():
         np.testing.assert_allclose(a, 0.5 * b + 0.5 * s, atol=1e-6)
 
 
-def run_python(code, backend="tensorflow", timeout=600):
-    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def test_mirrored_strategy_on_two_logical_cpus(dataset, tmp_path):
     result = run_python(f"""
         import tensorflow as tf
@@ -192,7 +188,7 @@ def test_mirrored_strategy_on_two_logical_cpus(dataset, tmp_path):
         s = train(TrainConfig(data={str(dataset)!r}, output={str(tmp_path / 'run')!r}, epochs=1,
                               model_kwargs={{"width": 8}}, image_size=32, batch_size=4, verbose=0), strategy=strategy)
         print("dice", s["dice"]["mean"])
-    """)
+    """, backend="tensorflow")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dice" in result.stdout and (tmp_path / "run" / "best.keras").exists()
 

@@ -1,9 +1,7 @@
 """Time TFLite files with LiteRT: the `keras-litenext benchmark` command (see `keras_litenext/cli/benchmark.py`)."""
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the output
-
+__keras_litenext_command__ = True  # the command: the package starts quietly (keras_litenext.cli.quiet_start)
 from keras_litenext.cli.benchmark import main
 
 if __name__ == "__main__":

@@ -10,10 +10,92 @@
 `training/predict.py`, `tflite/convert.py` and `tflite/benchmark.py` in a clone call the same
 `main` functions. Each verb's module imports TensorFlow only when it runs, so `--help` of the
 command itself is quick.
+
+The command starts quietly: `quiet_start` (called by the package's `__init__` before its first
+TensorFlow import, when the process is the command) keeps TensorFlow's C++ start-up lines (absl's
+pre-init warning, `cudart_stub`, `cpu_feature_guard`, `cuInit`) out of the output unless
+`--verbose` is on the command line. Library users' processes are left as they are.
 """
 
 import importlib
+import os
 import sys
+
+# TensorFlow's C++ start-up lines: printed by absl before its logging is set up, so
+# TF_CPP_MIN_LOG_LEVEL alone does not hold them back
+NOISE = ("All log messages before absl::InitializeLog()", "cudart_stub.cc", "cpu_feature_guard.cc",
+         "rebuild TensorFlow with the appropriate compiler flags", "failed call to cuInit", "cuda_executor.cc",
+         "Unable to register cuDNN factory", "Unable to register cuFFT factory", "Unable to register cuBLAS factory",
+         "computation placer already registered", "oneDNN custom operations are on")
+COMMAND_MARK = "__keras_litenext_command__"  # set in a script's globals (training/*.py, tflite/*.py): it is the command
+
+
+def is_command():
+    """Whether this process is the `keras-litenext` command (entry point, `python -m keras_litenext`, or a
+    `training/` / `tflite/` script), as opposed to a program importing the library."""
+    if os.path.basename(sys.argv[0] if sys.argv else "").startswith("keras-litenext"):
+        return True
+    orig = list(getattr(sys, "orig_argv", []))
+    if any(a == "-m" and b.split(".")[0] == "keras_litenext" for a, b in zip(orig, orig[1:])):
+        return True
+    return bool(getattr(sys.modules.get("__main__"), COMMAND_MARK, False))
+
+
+def verbose_asked(argv=None):
+    """`--verbose` (or `--verbose=...`, `--verbose N`) among the arguments."""
+    argv = sys.argv[1:] if argv is None else argv
+    return any(a == "--verbose" or a.startswith("--verbose=") for a in argv)
+
+
+def quiet_start(force=False):
+    """Keep TensorFlow's C++ start-up lines out of the command's output: sets TF_CPP_MIN_LOG_LEVEL=3
+    (and its kin) and imports TensorFlow with file descriptor 2 caught, writing back every caught
+    line but the known start-up ones. Does nothing for a library user (unless `force`), with
+    `--verbose`, or once TensorFlow is imported."""
+    if not (force or is_command()) or verbose_asked() or "tensorflow" in sys.modules:
+        return False
+    for name, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GRPC_VERBOSITY", "ERROR"), ("GLOG_minloglevel", "3")):
+        os.environ.setdefault(name, value)
+    with _filtered_stderr():
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
+        import logging
+
+        logging.getLogger("absl").setLevel(logging.ERROR)  # the converter's Python-side absl warnings
+        tf.config.list_physical_devices()  # the driver probe (cuInit) logs here
+    return True
+
+
+class _filtered_stderr:
+    """Catches file descriptor 2 (C++ writes) in a temporary file; on exit writes the lines that are
+    not start-up noise back to the real stderr."""
+
+    def __enter__(self):
+        import tempfile
+
+        sys.stderr.flush()
+        try:
+            self.saved, self.file = os.dup(2), tempfile.TemporaryFile()
+            os.dup2(self.file.fileno(), 2)
+        except OSError:  # no file descriptor 2 to catch (a closed stderr): nothing to filter
+            self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            return False
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.seek(0)
+        lines = self.file.read().decode("utf-8", "replace").splitlines(keepends=True)
+        self.file.close()
+        kept = "".join(line for line in lines if not any(n in line for n in NOISE))
+        if kept:
+            sys.stderr.write(kept)
+            sys.stderr.flush()
+        return False
 
 VERBS = {
     "fit": "train a model on a folder of images (and masks)",

@@ -24,6 +24,12 @@ import sys
 from keras_litenext.cli import args as cli
 from keras_litenext.data import DatasetError
 from keras_litenext.inference import MODES, evaluate_run
+from keras_litenext.inference.batch import (
+    FAILURES_CSV,
+    Failure,
+    Progress,
+    write_failures,
+)
 from keras_litenext.runs import RunError
 from keras_litenext.utils import ensure_writable, write_json
 
@@ -36,17 +42,25 @@ def build_parser():
     p.add_argument("--splits", type=cli.existing_file, help="splits JSON (default: the run's splits.json)")
     p.add_argument("--masks-suffix", type=cli.suffix(), help="default: the run's, else none")
     p.add_argument("--mask-threshold", type=cli.int_range(0, 65534), help="default: the run's, else 0")
-    p.add_argument("--skip-bad", action="store_true", help="skip unusable pairs with a warning")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unusable or unpaired files with a warning and exit 0 (without it, unreadable pairs are listed "
+                   "at the end and the exit status is 1; unpaired files stop the job)")
+    p.add_argument("--nonfinite", choices=("minimum", "error"),
+                   help="DICOM/NIfTI images: NaN/inf become the volume's lowest finite value (minimum), or the file fails "
+                   "(error) (default: the run's setting)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal)")
     p.add_argument("--mode", choices=MODES, help="evaluate at native resolution, predicting with this mode")
     p.add_argument("--overlap", type=cli.float_range(0.0, 1.0, high_open=True), default=0.5,
                    help="--mode gaussian: overlap of neighbouring windows, in [0, 1) (default: %(default)s)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes; needs --mode)")
-    p.add_argument("--json", type=cli.output_path, help="also write the results to this JSON file")
+    p.add_argument("--json", type=cli.output_path,
+                   help="also write the results to this JSON file (and the failed pairs to failures.csv beside it)")
     return p
 
 
 def main(argv=None):
-    """`keras-litenext evaluate ...`: returns the exit status (0, or 1 after a one-line error)."""
+    """`keras-litenext evaluate ...`: returns the exit status: 0; 1 after a one-line error, or when a
+    pair could not be read (every readable pair is scored and the others listed) unless --skip-bad."""
     args = build_parser().parse_args(argv)
     try:
         if args.json and os.path.isdir(args.json):
@@ -55,10 +69,22 @@ def main(argv=None):
             ensure_writable(os.path.dirname(os.path.abspath(args.json)), "folder of --json")
         results = evaluate_run(args.model, data=args.data, split=args.split, splits=args.splits, masks_suffix=args.masks_suffix,
                                mask_threshold=args.mask_threshold, mode=args.mode, overlap=args.overlap, tta=args.tta,
-                               skip_bad=args.skip_bad, log=print)
+                               skip_bad=args.skip_bad, nonfinite=args.nonfinite, progress=Progress(1, "image", args.quiet),
+                               log=print)
+        failures = [Failure(**f) for f in results.get("failures", [])]
+        where = ""
         if args.json:
             write_json(args.json, results)
+            csv_path = failures and write_failures(os.path.join(os.path.dirname(os.path.abspath(args.json)), FAILURES_CSV), failures)
+            where = f" (listed in {csv_path})" if csv_path else ""
     except (DatasetError, OSError, RunError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
+    for failure in failures:
+        print(f"failed: {failure.line()}", file=sys.stderr)
+    scored = len(next(iter(results.get("per_image", {}).values()), [])) if "per_image" in results else None
+    counted = f"{scored} image(s) scored" if scored is not None else "scored"
+    print(f"{counted}, {len(failures)} pair(s) failed{where}" + (f"; results in {args.json}" if args.json else ""))
+    if not args.json:
+        print("next: add --json results.json to keep the scores (per image too)")
+    return 1 if failures and not args.skip_bad else 0

@@ -17,8 +17,8 @@ Writes, into --output (default RUN/tflite):
 
 Every .tflite carries TFLite metadata for MediaPipe Tasks (ImageSegmenter / ImageClassifier
 load it as it is): RGB input with its normalisation, the labels, the segmenter activation
-(sigmoid / softmax) and a description (model, training data, test metrics); it needs
-MediaPipe's metadata writers: pip install --no-deps "mediapipe==1.2.3" (or --no-metadata).
+(sigmoid / softmax) and a description (model, training data, test metrics); --no-metadata
+leaves it out.
 The int8 files take uint8 camera pixels and end in a DEQUANTIZE (float32 logits) unless --io
 says otherwise; a grey model's files take RGB and average it inside the graph.
     report.json, report.md  size, ops with dtypes, float-op count, XNNPACK partitions and
@@ -37,8 +37,9 @@ arg-max.
 Exit status: 0 when the int8 file's test Dice (mean over the foreground classes) is within
 --max-dice-drop points of the float model's and every class's within --max-class-drop
 (classification: its test accuracy within --max-accuracy-drop points and its macro AUC within
---max-auc-drop); 3 when not (the files and the report are written all the same; --force
-returns 0); 1 for bad input (one line on stderr).
+--max-auc-drop); 3 when not, or when the float model itself scores at chance (the gate then
+verifies nothing: "not verified", train longer); the files and the report are written all the
+same; --force returns 0; 1 for bad input (one line on stderr).
 """
 
 import argparse
@@ -88,7 +89,9 @@ def build_parser():
                    help="comma-separated files to write (default all: int8,int8_ptq,fp16,fp32; int8 is required)")
     p.add_argument("--force", action="store_true", help="exit 0 even when the quality gate fails")
     p.add_argument("--threads", type=cli.positive_int, default=2, help="LiteRT threads for the evaluation (default 2)")
-    p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras verbosity of the fine-tuning (default 2)")
+    p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
+                   help="Keras verbosity of the fine-tuning (default 2; 0 also hides the progress bars); given at all, "
+                   "TensorFlow's own start-up and C++ log lines show too")
     return p
 
 
@@ -111,7 +114,24 @@ def run(args):
     gate = report["gate"]
     if gate["passed"]:
         print(f"Quality gate passed: {gate['message']}.")
+        _next_steps(report)
         return 0
-    print(f"Quality gate FAILED: {gate['message']}." + (" (--force: exit 0)" if args.force else ""), file=sys.stderr)
+    word = "NOT VERIFIED" if gate.get("status") == "not verified" else "FAILED"
+    print(f"Quality gate {word}: {gate['message']}." + (" (--force: exit 0)" if args.force else ""), file=sys.stderr)
+    if args.force:
+        _next_steps(report)
     return 0 if args.force else GATE_FAILED
+
+
+def _next_steps(report):
+    """Where the files are and how to go on: the phone file, its loading, a prediction."""
+    import shlex
+
+    int8 = next((f["file"] for f in report.get("files", ()) if f.get("kind") == "int8"), None)
+    if not int8:
+        return
+    path = os.path.join(report["output"], int8)
+    print(f"The phone file is {path} (its contract beside it: {os.path.splitext(int8)[0]}.json). On a phone, load it with "
+          f"MediaPipe Tasks' ImageSegmenter / ImageClassifier or the LiteRT Interpreter (docs/android.md). Next here: "
+          f"keras-litenext benchmark {shlex.quote(path)} (its speed), or in Python keras_litenext.litert.run_tflite(path, images).")
 

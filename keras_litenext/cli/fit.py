@@ -35,11 +35,8 @@ classification: best validation AUC), history.csv, TensorBoard logs/, curves.png
 splits.json and config.json.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the output
-
 import argparse
+import shlex
 import sys
 
 from keras_litenext.cli import args as cli
@@ -100,6 +97,9 @@ def build_parser():
     g.add_argument("--slice-axis", type=T["slice_axis"], default=d.slice_axis, help="NIfTI volumes: train on the slices along this voxel axis (default: %(default)s)")
     g.add_argument("--empty-slices", type=T["empty_slices"], default=d.empty_slices,
                    help="DICOM/NIfTI volumes: fraction of the slices with an empty label to keep, evenly spaced (default: %(default)s = all)")
+    g.add_argument("--nonfinite", default=d.nonfinite, choices=("minimum", "error"),
+                   help="DICOM/NIfTI images: NaN/inf become the volume's lowest finite value, with a note (minimum, the default), "
+                   "or the file is refused (error); labels with NaN are always refused")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="turn off flips, rotation, zoom, brightness/contrast and blur")
     g = p.add_argument_group("model and loss")
     g.add_argument("--model", default=d.model, type=model_name, metavar="NAME",
@@ -129,6 +129,7 @@ def build_parser():
                    "match the run's config.json")
     g.add_argument("--config", type=cli.existing_file, help="JSON file of settings (keys as the flags, with underscores); flags given override it")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up and C++ log lines")
     return p
 
 
@@ -141,14 +142,19 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         config = TrainConfig.read(args.config, flag="--config") if args.config else TrainConfig()
-        config = config.merged({k: v for k, v in vars(args).items() if k not in ("config", "quiet") and v != p.get_default(k)})
+        config = config.merged({k: v for k, v in vars(args).items() if k not in ("config", "quiet", "verbose") and v != p.get_default(k)})
         if "verbose" not in config.stated:
             config.verbose = 2 if args.quiet else "auto"
-        train(config, given=config.stated - {"verbose"})
+        summary = train(config, given=config.stated - {"verbose"})
     except (DatasetError, NonFiniteLossError, RunError, OSError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: the run folder keeps its last finished epoch; continue it with --output RUN --resume", file=sys.stderr)
         return 130
+    run = (summary or {}).get("output") or config.output
+    if run:
+        q = shlex.quote(str(run))
+        print(f"The run is in {run} (best.keras, metrics.json, model_card.md). Next: keras-litenext evaluate {q}, "
+              f"or keras-litenext export {q} for the phone files.")
     return 0

@@ -30,14 +30,23 @@ class indices in the input's geometry (affine / position, orientation and spacin
 open on top of the input in ITK-SNAP or 3D Slicer:
 
     python training/predict.py runs/ct-run scans/ --output labels/ --mode gaussian --tta
+
+A file that cannot be read, predicted or written does not stop the others: everything else is
+written, the failed files are listed at the end with their one-line reason and in
+OUT/failures.csv (item,stage,reason), and the exit status is 1. A progress bar (count, rate, time
+left) is shown on a terminal unless --quiet. --nonfinite (DICOM/NIfTI): NaN/inf in an image
+volume become its lowest finite value with a note (minimum, the run's default) or fail the file
+(error).
 """
 
 import argparse
+import os
 import sys
 
 from keras_litenext.cli import args as cli
 from keras_litenext.data import DatasetError
 from keras_litenext.inference import MODES, predict_folder
+from keras_litenext.inference.batch import FAILURES_CSV, Progress
 from keras_litenext.presets import PresetError, list_presets, open_preset, preset_path
 from keras_litenext.runs import RunError
 
@@ -64,11 +73,16 @@ def build_parser():
     p.add_argument("--threshold", type=cli.open_fraction, default=0.5,
                    help="binary: probability above which a pixel is foreground, in (0, 1) (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --output")
+    p.add_argument("--nonfinite", choices=("minimum", "error"),
+                   help="DICOM/NIfTI: NaN/inf become the volume's lowest finite value with a note (minimum), or the file fails "
+                   "(error) (default: the run's setting, else minimum)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal)")
     return p
 
 
 def main(argv=None):
-    """`keras-litenext predict ...`: returns the exit status (0, or 1 after a one-line error)."""
+    """`keras-litenext predict ...`: returns the exit status: 0, or 1 after a one-line error or when
+    any file failed (the others are all written; the failed ones are listed and in failures.csv)."""
     p = build_parser()
     args = p.parse_args(argv)
     if args.preset is not None and args.images is None:
@@ -79,9 +93,27 @@ def main(argv=None):
         p.error("the following arguments are required: " + ("images" if args.model or args.preset else "model, images"))
     try:
         source = args.model if args.preset is None else open_preset(args.preset)
-        predict_folder(source, args.images, args.output, mode=args.mode, overlap=args.overlap, tta=args.tta,
-                       threshold=args.threshold, overwrite=args.overwrite)
+        progress = Progress(1, quiet=args.quiet)  # predict_folder sets the count
+        result = predict_folder(source, args.images, args.output, mode=args.mode, overlap=args.overlap, tta=args.tta,
+                                threshold=args.threshold, overwrite=args.overwrite, nonfinite=args.nonfinite,
+                                progress=progress)
     except (DatasetError, OSError, RunError, PresetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
+    return report(result)
+
+
+def report(result):
+    """Print the failures (one line each), the summary line and the next command; the exit status."""
+    for failure in result.failures:
+        print(f"failed: {failure.line()}", file=sys.stderr)
+    failed = f", {len(result.failures)} failed (listed in {os.path.join(result.output, FAILURES_CSV)})" if result.failures else ""
+    print(f"{result.done} file(s) predicted, {len(result.written)} file(s) written to {result.output}{failed}")
+    masks = [p for p in result.written if p.endswith("_mask.png")]
+    if masks:
+        print(f"next: open {result.output}/*_overlay.png to view them; load a mask with cv2.imread({masks[0]!r}, 0)")
+    elif result.written and result.written[0].endswith(".csv"):
+        print(f"next: the class probabilities are in {result.written[0]}")
+    elif result.written:
+        print(f"next: open {result.written[0]} on top of its source in ITK-SNAP or 3D Slicer")
+    return 1 if result.failures else 0

@@ -84,7 +84,7 @@ def _display(path, root):
 
 
 def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=True, skip_bad=False, task=None,
-               intensity=None, slice_axis=2, empty_slices=1.0):
+               intensity=None, slice_axis=2, empty_slices=1.0, nonfinite="minimum"):
     """Pre-flight scan and load: reads every pair once, validates, converts and resizes.
 
     Images: BGR(A) -> RGB, alpha dropped, 16 bit divided by 257 (so 65535 -> 255 and an
@@ -114,12 +114,15 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
         slice_axis: DICOM/NIfTI volumes: the axis of a NIfTI volume the 2-D slices are taken along.
         empty_slices: DICOM/NIfTI volumes: the fraction of slices with an empty label that is
             kept (evenly spaced; 1 keeps all).
+        nonfinite: DICOM/NIfTI images: NaN / infinite values read as the volume's lowest finite
+            value with one note per file (``"minimum"``), or the file refused (``"error"``).
 
     Returns:
         ``(images, masks, stems, report)``: uint8 ``(N, H, W, channels)`` (uint16 for a recipe
         other than 8-bit), uint8 ``(N, H, W, 1)`` label maps ({0, 1} for binary, ``0..K-1`` for
         multiclass), the kept stems in input order (``<stem>#<slice>`` for the slices of a
         volume), and ``{"pairs": total, "kept": N, "skipped": ["file: reason", ...]}``, plus
+        ``"unreadable": {pair stem: its lines of "skipped"}`` when some pairs were skipped and
         ``"spacing": {stem: [row mm, column mm, slice mm or None]}`` (of the returned arrays)
         for the examples whose file states it (DICOM, NIfTI).
 
@@ -153,15 +156,19 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
             if is_medical(pair.image) or is_medical(pair.mask):
                 return _load_medical_pair(
                     pair, h, w, channels, decode_mask, intensity or Intensity(), slice_axis, empty_slices,
-                    read_flat=decode_file, image_channels=lambda raw, c: convert_image(raw, c, intensity), resize=resize_image)
+                    read_flat=decode_file, image_channels=lambda raw, c: convert_image(raw, c, intensity), resize=resize_image,
+                    nonfinite=nonfinite)
             image, mask, issues = _load_pair(pair, h, w, channels, decode_mask, notes, intensity)
             return ([] if issues else [(pair.stem, image, mask, None)]), issues
         except Exception as e:  # never let an OpenCV/NumPy/pydicom traceback escape
             return [], [(pair.image, load_failure(e))]
 
-    for samples, issues in read_parallel(work, pairs):
+    unreadable = {}
+    for pair, (samples, issues) in zip(pairs, read_parallel(work, pairs)):
         if issues:
-            problems.extend(f"{_display(path, root)}: {reason}" for path, reason in issues)
+            lines = [f"{_display(path, root)}: {reason}" for path, reason in issues]
+            problems.extend(lines)
+            unreadable[pair.stem] = lines
             continue
         n_good += 1
         for stem, image, mask, pixel_mm in samples:
@@ -182,6 +189,8 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
         low_bit_depth_warning(sorted(notes), len(pairs), root)
     n_bad = len(pairs) - n_good
     report = {"pairs": len(pairs), "kept": len(kept), "skipped": problems}
+    if unreadable:
+        report["unreadable"] = unreadable
     if spacing:
         report["spacing"] = spacing
     if n_bad:
@@ -190,14 +199,17 @@ def load_pairs(pairs, image_size, channels=3, mask_threshold=0, binary_check=Tru
     return images[:n], masks[:n], kept, report
 
 
-def scan_dataset(data_dir, image_size, channels=3, masks_suffix="", task=None, skip_bad=False, **load_kwargs):
+def scan_dataset(data_dir, image_size, channels=3, masks_suffix="", task=None, skip_bad=False, skip_unreadable=False,
+                 **load_kwargs):
     """`find_pairs` then `load_pairs`, with every problem of both (pairing and decoding) in one
     `DatasetError`, so one run lists everything to fix. Returns what `load_pairs` returns
-    (`load_kwargs`: its intensity / slice_axis / empty_slices)."""
+    (`load_kwargs`: its intensity / slice_axis / empty_slices / nonfinite). `skip_unreadable`:
+    pairs whose files cannot be read are left out and listed in the report (`"skipped"`,
+    `"unreadable"`) while pairing problems still follow `skip_bad`."""
     pairing = []
     pairs = find_pairs(data_dir, masks_suffix=masks_suffix, skip_bad=skip_bad, collect=None if skip_bad else pairing)
     if not pairing:
-        return load_pairs(pairs, image_size, channels=channels, task=task, skip_bad=skip_bad, **load_kwargs)
+        return load_pairs(pairs, image_size, channels=channels, task=task, skip_bad=skip_bad or skip_unreadable, **load_kwargs)
     decoding = []
     try:
         with warnings.catch_warnings():

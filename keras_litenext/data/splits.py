@@ -22,7 +22,7 @@ def split_stems(stems, fractions=(0.8, 0.1, 0.1), seed=42):
     `random.Random(seed).random()` (whose sequence Python guarantees across versions), and cut
     into consecutive parts. Counts: ``round(n * fraction)`` for val and test, at least 1 for a
     positive fraction, the rest for train (at least 1). The slices of one volume
-    (``<volume>#<slice>``, `medical_io`) stay together: the volumes are split, not the slices.
+    (``<volume>#<slice>``, `data.medical`) stay together: the volumes are split, not the slices.
 
     Args:
         stems: iterable of unique stems.

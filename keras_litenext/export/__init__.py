@@ -16,7 +16,8 @@ noise, so the same 1-point budget on a 0-100 scale).
 - `contract`: the I/O contract of a file and its metadata description;
 - `gate`: the quality gates; `report`: `report.json` and `report.md`;
 - `pipeline`: `ExportOptions`, `export_run`, `export`;
-- `finetune`: QAT fine-tuning of a run; `metadata`: TFLite metadata for MediaPipe Tasks.
+- `finetune`: QAT fine-tuning of a run; `metadata`: TFLite metadata for MediaPipe Tasks
+  (`tflite_metadata` writes its flatbuffer, no MediaPipe needed) and the MediaPipe check.
 
 The TFLite mechanics live in `keras_litenext.litert`, the run folder in `keras_litenext.runs`,
 the meaning of the output (and which score, gate and report a file gets) in

@@ -68,7 +68,7 @@ def _output_task(model):
 def qat_finetune(
     model, train_ds, val_ds=None, epochs=3, lr=1e-5, loss=None, metrics=None, monitor="val_dice", mode="max",
     weight_decay=1e-2, calibration_data=None, calibration_steps=32, keep_best=True, verbose="auto", callbacks=(),
-    jit_compile=False,
+    jit_compile=False, progress=None,
 ):
     """Quantization-aware fine-tuning, starting from float weights and calibrated ranges.
 
@@ -106,7 +106,7 @@ def qat_finetune(
         and `qat_best_epoch` the epoch kept (0: the calibrated start).
     """
     qat = model if is_qat_model(model) else quantize_model(model)
-    calibrate(qat, calibration_data if calibration_data is not None else train_ds, steps=calibration_steps)
+    calibrate(qat, calibration_data if calibration_data is not None else train_ds, steps=calibration_steps, progress=progress)
     if loss is None or isinstance(loss, str):
         task = _output_task(qat)
         loss = task.loss(loss)
@@ -169,7 +169,7 @@ def val_score_fn(task, images, masks, batch_size=8):
     return score
 
 
-def finetune_run(model, config, arrays, epochs=3, lr=1e-5, verbose="auto", calibration_steps=32):
+def finetune_run(model, config, arrays, epochs=3, lr=1e-5, verbose="auto", calibration_steps=32, progress=None):
     """`qat_finetune` with a training run's task (loss, metrics, monitor), batch size and data
     pipeline.
 
@@ -180,7 +180,7 @@ def finetune_run(model, config, arrays, epochs=3, lr=1e-5, verbose="auto", calib
             `runs.Run.arrays` gives them. The layer norms' `rsqrt_quantile` is chosen on the
             val split by the task's mean foreground Dice (`choose_rsqrt_quantile`); the
             returned model's `rsqrt_quantile_scores` holds the score of each candidate.
-        epochs, lr, verbose, calibration_steps: as in `qat_finetune`.
+        epochs, lr, verbose, calibration_steps, progress: as in `qat_finetune`.
     """
     from keras_litenext.runs import TrainConfig
     from keras_litenext.train import build_datasets, task_loss
@@ -202,7 +202,7 @@ def finetune_run(model, config, arrays, epochs=3, lr=1e-5, verbose="auto", calib
     qat = qat_finetune(
         qat, train_ds, val_ds if has_val else None, epochs=epochs, lr=lr, loss=task_loss(config), metrics=task.metrics(),
         monitor=task.monitor, mode=task.monitor_mode, weight_decay=config.weight_decay, calibration_data=calibration,
-        calibration_steps=calibration_steps, verbose=verbose, jit_compile=_jit(config.jit_compile),
+        calibration_steps=calibration_steps, verbose=verbose, jit_compile=_jit(config.jit_compile), progress=progress,
     )
     qat.rsqrt_quantile_scores = scores
     return qat

@@ -3,6 +3,11 @@
 A segmentation run is gated on Dice (`quality_gate`: the mean over the foreground classes and
 each class), a classification run on accuracy and macro AUC (`classification_gate`); the task
 picks its gate (`task.export_gate`), which also writes each file's drops into the report.
+
+A gate compares the int8 file with the float model, so it verifies nothing when the float model
+itself scores at chance (an untrained or collapsed model: Dice 0 against Dice 0 is no drop). The
+task says when that is (`task.at_chance`); the gate's `status` is then `"not verified"`, not
+`"passed"` (and `passed` is false), and its message says to train longer.
 """
 
 from keras_litenext.export.scoring import number
@@ -95,9 +100,23 @@ def classification_drops(float_test, file_test):
     return (None if fa is None or qa is None else 100.0 * (fa - qa)), (None if fu is None or qu is None else fu - qu)
 
 
-def dice_gate(report, max_dice_drop=0.5, max_class_drop=1.0):
+PASSED, FAILED, NOT_VERIFIED = "passed", "failed", "not verified"  # a gate's `status`
+
+
+def verdict(gate, passed, message, task=None, float_test=None):
+    """`gate` with `passed`, `status` and `message` set: `"not verified"` when the task finds the
+    float model at chance (`task.at_chance(float_test)`: why, or None), else passed or failed."""
+    chance = task.at_chance(float_test) if task is not None else None
+    if chance:
+        return {**gate, "passed": False, "status": NOT_VERIFIED,
+                "message": f"not verified: {chance}; train longer before exporting (int8 against float: {message})"}
+    return {**gate, "passed": bool(passed), "status": PASSED if passed else FAILED, "message": message}
+
+
+def dice_gate(report, max_dice_drop=0.5, max_class_drop=1.0, task=None):
     """The `"gate"` section of a segmentation report; each file's Dice drops (mean and per
-    class, in points) are written into its entry."""
+    class, in points) are written into its entry. With `task`, a float model at chance
+    (`task.at_chance`) leaves the file not verified."""
     float_test = report["keras_float"]["test"]
     for entry in report["files"]:
         drop, class_drops = dice_drops(float_test, entry["test"])
@@ -105,19 +124,18 @@ def dice_gate(report, max_dice_drop=0.5, max_class_drop=1.0):
         entry["class_dice_drop_points"] = {n: None if d is None else round(d, 3) for n, d in class_drops.items()}
     passed, message = quality_gate(report, max_dice_drop, max_class_drop)
     int8 = _int8_entry(report)
-    return {
+    return verdict({
         "max_dice_drop_points": max_dice_drop,
         "max_class_drop_points": max_class_drop,
         "dice_drop_points": int8["dice_drop_points"],
         "class_dice_drop_points": int8["class_dice_drop_points"],
-        "passed": passed,
-        "message": message,
-    }
+    }, passed, message, task, float_test)
 
 
-def accuracy_gate(report, max_accuracy_drop=1.0, max_auc_drop=0.01):
+def accuracy_gate(report, max_accuracy_drop=1.0, max_auc_drop=0.01, task=None):
     """The `"gate"` section of a classification report; each file's accuracy drop (points) and
-    AUC drop are written into its entry."""
+    AUC drop are written into its entry. With `task`, a float model at chance
+    (`task.at_chance`) leaves the file not verified."""
     float_test = report["keras_float"]["test"]
     for entry in report["files"]:
         acc_drop, auc_drop = classification_drops(float_test, entry["test"])
@@ -125,11 +143,9 @@ def accuracy_gate(report, max_accuracy_drop=1.0, max_auc_drop=0.01):
         entry["auc_drop"] = None if auc_drop is None else round(auc_drop, 5)
     passed, message = classification_gate(report, max_accuracy_drop, max_auc_drop)
     int8 = _int8_entry(report)
-    return {
+    return verdict({
         "max_accuracy_drop_points": max_accuracy_drop,
         "max_auc_drop": max_auc_drop,
         "accuracy_drop_points": int8["accuracy_drop_points"],
         "auc_drop": int8["auc_drop"],
-        "passed": passed,
-        "message": message,
-    }
+    }, passed, message, task, float_test)

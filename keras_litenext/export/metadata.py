@@ -1,10 +1,10 @@
 """TFLite metadata inside `.tflite` files, as MediaPipe Tasks read it, and the MediaPipe check.
 
 The metadata is the TFLite metadata flatbuffer (the `TFLITE_METADATA` buffer plus the associated
-files zipped onto the model), written with MediaPipe's own writers
-(`mediapipe.tasks.python.metadata.metadata_writers`), so that MediaPipe's `ImageSegmenter` and
-`ImageClassifier` (Android, iOS, web and Python run the same C++ task code) load the file with
-no app-side arithmetic:
+files zipped onto the model), written by `keras_litenext.export.tflite_metadata` with
+`flatbuffers` alone, exactly as MediaPipe's own `metadata_writers` write it (tested), so that
+MediaPipe's `ImageSegmenter` and `ImageClassifier` (Android, iOS, web and Python run the same
+C++ task code) load the file with no app-side arithmetic:
 
 - the input: an RGB image and its `NormalizationOptions` (`x = (p - mean) / std` for a float
   input: mean 0, std 255 for the 8-bit `/255` mapping, or the run's intensity recipe when it is a
@@ -17,17 +17,20 @@ no app-side arithmetic:
 - a name, version, author, licence and a description naming the model, the training data and
   the metrics.
 
-MediaPipe is an optional dependency. Its wheel declares `opencv-contrib-python`, a second
-distribution of the `cv2` module that this package already takes from `opencv-python-headless`;
-the modules used here need only `flatbuffers`, `absl-py` and `numpy`, which TensorFlow brings.
-So install it without its dependencies: `pip install --no-deps "mediapipe==1.2.3"` (README,
-"Phone-ready files"). MediaPipe loads its C++ library through `ctypes`; `check_mediapipe` runs
-the tasks in a child process all the same, so that the task library and TensorFlow never share
-one process.
+Writing needs no MediaPipe. Reading the metadata back (`read_metadata`, with MediaPipe's
+displayer) and running MediaPipe's tasks on a file (`check_mediapipe`) do: an optional
+dependency, for checking files. Its wheel declares `opencv-contrib-python`, a second
+distribution of the `cv2` module that this package takes from `opencv-python-headless`; the
+modules used here need only `flatbuffers`, `absl-py` and `numpy`, which TensorFlow brings. So
+install it without its dependencies: `pip install --no-deps "mediapipe==1.2.3"` (docs, "Export
+and phones"). MediaPipe loads its C++ library through `ctypes`; `check_mediapipe` runs the
+tasks in a child process all the same, so that the task library and TensorFlow never share one
+process.
 """
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -51,14 +54,15 @@ LICENSE = "Apache-2.0 (keras-litenext); the weights follow the licence of their 
 
 
 class MetadataError(ValueError):
-    """Metadata could not be written or read (MediaPipe missing, a file without metadata)."""
+    """Metadata could not be written or read (not a model file, MediaPipe missing for reading, a file without metadata)."""
 
 
 def mediapipe_available():
-    """Whether MediaPipe's metadata writers import here."""
+    """Whether MediaPipe's metadata module imports here (to read and check files; writing the
+    metadata does not need it)."""
     try:
         _provide_version_module()
-        from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer  # noqa: F401
+        from mediapipe.tasks.python.metadata import metadata  # noqa: F401
     except Exception:  # ImportError, or a broken native library
         return False
     return True
@@ -69,8 +73,8 @@ def _min_parser_version(metadata_buf):
     `metadata_schema.fbs` lists it: 1.5.0 custom metadata, ..., 1.0.1 vocabulary files).
 
     MediaPipe 1.2.3's wheel leaves out the native `_pywrap_metadata_version` module that its
-    metadata populator asks for this number; this is that one function, over the generated
-    flatbuffer classes the same wheel ships."""
+    metadata populator asks for this number (and its metadata module imports); this is that one
+    function, over the generated flatbuffer classes the same wheel ships."""
     from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
 
     model = fb.ModelMetadataT.InitFromObj(fb.ModelMetadata.GetRootAsModelMetadata(bytearray(metadata_buf), 0))
@@ -102,6 +106,8 @@ def _provide_version_module():
     installed wheel lacks that module (1.2.3 does); a wheel that has it keeps its own."""
     import types
 
+    import mediapipe.tasks  # noqa: F401  (ImportError without MediaPipe: nothing is registered then)
+
     name = "mediapipe.tasks.cc.metadata.python"
     try:
         __import__(f"{name}._pywrap_metadata_version")
@@ -114,19 +120,6 @@ def _provide_version_module():
     package._pywrap_metadata_version = module
     sys.modules.setdefault(name, package)
     sys.modules[module.__name__] = module
-
-
-def _writers():
-    try:
-        _provide_version_module()
-        from mediapipe.tasks.python.metadata.metadata_writers import (
-            image_segmenter,
-            metadata_writer,
-        )
-    except Exception as err:
-        raise MetadataError(f"writing TFLite metadata needs MediaPipe's metadata writers ({type(err).__name__}: {err}); "
-                            f"{MEDIAPIPE_HINT}") from None
-    return metadata_writer, image_segmenter
 
 
 def input_normalization(input_dtype, intensity=None):
@@ -160,6 +153,9 @@ def add_metadata(model_bytes, class_names, task_kind, output_channels, name, des
                  intensity=None, version=None, author="keras-litenext", licence=LICENSE):
     """The `.tflite` bytes with TFLite metadata for MediaPipe Tasks (replacing any there).
 
+    Written by `keras_litenext.export.tflite_metadata` (flatbuffers only, no MediaPipe): the
+    same metadata MediaPipe's `metadata_writers` write (tests/test_metadata.py compares them).
+
     Args:
         model_bytes: the converted file's bytes.
         class_names: class names, class 0 first (the labels file, `output_labels`).
@@ -171,51 +167,49 @@ def add_metadata(model_bytes, class_names, task_kind, output_channels, name, des
         version, author, licence: general metadata; version defaults to the package's.
 
     Returns:
-        `(bytes, metadata_json)`: the file and MediaPipe's JSON view of its metadata.
+        `(bytes, metadata_json)`: the file and the JSON of its metadata, in the form of
+        MediaPipe's `MetadataDisplayer` (`read_metadata`).
     """
-    metadata_writer, _ = _writers()
+    from keras_litenext.export import tflite_metadata as tm
+    from keras_litenext.litert.flatbuffer import io_tensor_types
+
     if version is None:
         from keras_litenext.version import __version__ as version
     mean, std = input_normalization(input_dtype, intensity)
-    from mediapipe.tasks.python.metadata.metadata_writers import metadata_info
-
-    writer = metadata_writer.MetadataWriter(bytearray(model_bytes))
-    # add_general_info takes a name and a description only; GeneralMd also holds version, author and licence
-    writer._general_md = metadata_info.GeneralMd(name=name, version=str(version), description=description, author=author,
-                                                 licenses=licence)
-    writer.add_image_input(mean, std, name="image", description="RGB image, resized to the model's input size")
-    labels = metadata_writer.Labels().add(output_labels(class_names, task_kind, output_channels), exported_filename=LABELS_FILE)
-    json_view = _OUTPUTS.get(task_kind, _segmenter_output)(writer, labels, len(class_names), int(output_channels))
+    output_channels = int(output_channels)
+    if bytes(model_bytes[4:8]) != b"TFL3":
+        raise MetadataError("writing TFLite metadata failed: not a TFLite model (no TFL3 file identifier)")
     try:
-        data, metadata_json = writer.populate()
-    except Exception as err:  # the populator raises ValueError/RuntimeError with a sentence
+        input_types, output_types = io_tensor_types(model_bytes)
+        image = tm.image_input("image", "RGB image, resized to the model's input size", mean, std, input_types[0])
+        output, activation = _OUTPUTS.get(task_kind, _segmenter_output)(len(class_names), output_channels, output_types[0])
+        spec = tm.metadata_spec(name, description, str(version), author, licence, [image], [output], activation)
+        data = tm.populate(model_bytes, spec, {LABELS_FILE: "\n".join(output_labels(class_names, task_kind, output_channels))})
+    except (ValueError, IndexError, KeyError, struct.error) as err:  # not a model flatbuffer, or a value the schema cannot hold
         raise MetadataError(f"writing TFLite metadata failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-    finally:
-        del writer  # its temporary folder goes now, not at interpreter exit
-    return bytes(data), (json_view(data) if json_view else metadata_json)
+    return data, tm.display_json(spec)
 
 
-def _classifier_output(writer, labels, num_classes, output_channels):
-    """An `ImageClassifier`'s output: the logits with their labels. No JSON view of its own."""
-    writer.add_classification_output(labels, name="logits",
-                                     description=f"{num_classes} logits, one per class (arg-max = class; softmax = probabilities)")
+def _classifier_output(num_classes, output_channels, tensor_type):
+    """An `ImageClassifier`'s output: the logits with their labels; no activation."""
+    from keras_litenext.export import tflite_metadata as tm
+
+    return tm.classification_output("logits", f"{num_classes} logits, one per class (arg-max = class; softmax = probabilities)",
+                                    LABELS_FILE, tensor_type), None
 
 
-def _segmenter_output(writer, labels, num_classes, output_channels):
-    """An `ImageSegmenter`'s output: the logits with their labels and the segmenter activation
-    (SIGMOID for one logit per pixel, SOFTMAX for K); returns MediaPipe's JSON view of the file's
-    metadata (with the segmenter options)."""
-    _, image_segmenter = _writers()
-    activation = image_segmenter.Activation.SIGMOID if output_channels == 1 else image_segmenter.Activation.SOFTMAX
-    writer.add_custom_metadata(image_segmenter.ImageSegmenterOptionsMd(activation))
-    writer.add_segmentation_output(labels, name="logits", description=(
-        "one logit per pixel (sigmoid = foreground probability)" if output_channels == 1
-        else f"{output_channels} logits per pixel, one per class (softmax = probabilities, arg-max = class)"))
-    return lambda data: image_segmenter.convert_to_json(_metadata_buffer(data))
+def _segmenter_output(num_classes, output_channels, tensor_type):
+    """An `ImageSegmenter`'s output: the logits with their labels, and the activation (SIGMOID
+    for one logit per pixel, SOFTMAX for K; without it MediaPipe would threshold the raw logits)."""
+    from keras_litenext.export import tflite_metadata as tm
+
+    one = output_channels == 1
+    return tm.segmentation_output("logits", "one logit per pixel (sigmoid = foreground probability)" if one else
+                                  f"{output_channels} logits per pixel, one per class (softmax = probabilities, arg-max = class)",
+                                  LABELS_FILE), "SIGMOID" if one else "SOFTMAX"
 
 
-# The output writer of each kind of reader (`task.metadata_kind`: the task says which it is; a
-# segmenter's by default).
+# The output of each kind of reader (`task.metadata_kind`: the task says which it is; a segmenter's by default).
 _OUTPUTS = {"segmentation": _segmenter_output, "classification": _classifier_output}
 
 

@@ -55,8 +55,8 @@ class ExportOptions:
             gate judges it. Leaving out the comparison files saves their conversion.
         max_accuracy_drop, max_auc_drop: the gate of a classification run (`classification_gate`):
             accuracy points and macro AUC (0..1) the int8 file may lose; the Dice limits are then unused.
-        metadata: write TFLite metadata into the files (needs MediaPipe's metadata writers;
-            `ExportError` naming the install line when they are missing). False leaves it out.
+        metadata: write TFLite metadata for MediaPipe Tasks into the files
+            (`keras_litenext.export.metadata`, no MediaPipe needed). False leaves it out.
         settings: run settings for a bare `.keras` file (`task`, `class_names`, ...), as
             `runs.file_run` takes them.
         int8_mode: `"cpu"` (default: the int8 ops XNNPACK lacks as float islands inside
@@ -133,8 +133,6 @@ export_run.__signature__ = inspect.signature(ExportOptions).replace(return_annot
 
 def run_export(options):
     """`export_run` over an `ExportOptions`."""
-    if options.metadata:
-        _require_metadata_writers()
     model, run, arrays, meta = load_source(options.source, data=options.data, settings=options.settings)
     task = run.task
     name = options.name or model.name
@@ -150,8 +148,11 @@ def run_export(options):
 
     started = time.time()
     test_images, test_masks = arrays["test"]
-    float_result = score_logits(task, test_masks, predict(model, test_images))
+    float_result = score_logits(task, test_masks, predict(model, test_images, progress=progress_bar(options, "image")))
     options.log(f"float Keras test {task.summary_line(float_result)}")
+    chance = task.at_chance(task.report_summary(float_result))
+    if chance:
+        options.log(f"note: {chance}, so the quality gate cannot verify the int8 file; train longer before exporting")
     writer = _FileWriter(options, output, name, run, meta, arrays, task.report_summary(float_result))
     writer.write_labels()
     writer.write_comparison_files(model)
@@ -163,12 +164,21 @@ def run_export(options):
     return write_report(report, output, task)
 
 
-def _require_metadata_writers():
-    from keras_litenext.export.metadata import MEDIAPIPE_HINT, mediapipe_available
+def progress_bar(options, unit):
+    """A `progress(done, total)` callback drawing a bar with the rate and the time left on stderr
+    for a long step (calibration, scoring); silent when stderr is not a terminal or `verbose` is 0.
+    A pass that starts again at 1 draws a new bar."""
+    from keras_litenext.inference.batch import Progress
 
-    if not mediapipe_available():
-        raise ExportError(f"TFLite metadata for MediaPipe needs MediaPipe's metadata writers: {MEDIAPIPE_HINT}; "
-                          "or export without metadata (--no-metadata).")
+    bar = {}
+
+    def update(done, total):
+        if "bar" not in bar or done <= bar["bar"].done:
+            bar["bar"] = Progress(total or done, unit, quiet=not options.verbose)
+        bar["bar"].total = max(int(total or done), 1)
+        bar["bar"].update(done)
+
+    return update
 
 
 class _FileWriter:
@@ -208,9 +218,9 @@ class _FileWriter:
         o, task, train_images = self.options, self.task, self.arrays["train"][0]
         o.log(f"QAT: calibrating, then fine-tuning {o.qat_epochs} epoch(s) at lr {o.qat_lr:g}, keeping the best {task.monitor}")
         qat = finetune_run(model, self.config, self.arrays, epochs=o.qat_epochs, lr=o.qat_lr, verbose=o.verbose,
-                           calibration_steps=max(1, o.num_calibration // 8))
+                           calibration_steps=max(1, o.num_calibration // 8), progress=progress_bar(o, "batch"))
         test_images, test_masks = self.arrays["test"]
-        qat_result = score_logits(task, test_masks, predict(qat, test_images))
+        qat_result = score_logits(task, test_masks, predict(qat, test_images, progress=progress_bar(o, "image")))
         with atomic_path(os.path.join(self.output, f"{self.name}_qat.keras")) as tmp:
             qat.save(tmp)
         self.emit("int8", lambda: convert_phone(qat, "int8", representative_data=train_images, io=o.io,
@@ -227,7 +237,7 @@ class _FileWriter:
         contract = io_contract(path, name, kind, self.config, self.meta, task)
         if not o.metadata:
             contract.pop("metadata")
-        entry = file_report(path, kind, *self.arrays["test"], task, o.threads)
+        entry = file_report(path, kind, *self.arrays["test"], task, o.threads, progress=progress_bar(o, "image"))
         if kind.startswith("int8"):  # what the file is: islands, or strict (asked for, or XNNPACK's fallback)
             entry["int8_mode"] = "cpu" if entry["float_op_count"] else "strict"
         if o.metadata:  # after scoring, so the description names this file's own test metrics

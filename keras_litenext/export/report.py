@@ -10,6 +10,11 @@ from keras_litenext.export.scoring import fmt, mean_of
 from keras_litenext.utils import atomic_path, write_json
 
 
+def gate_word(gate):
+    """The gate's verdict as report.md and the command say it: PASSED, FAILED or NOT VERIFIED."""
+    return gate.get("status", "passed" if gate["passed"] else "failed").upper()
+
+
 def report_markdown(report, task):
     """`report.md` of `export_run`: the task's tables and gate (`task.report_markdown`:
     segmentation: summary table, per-class Dice (K > 1), quality gate; classification: accuracy /
@@ -72,7 +77,7 @@ def classification_markdown(report):
     lines += [
         "",
         f"Quality gate (max drop {gate['max_accuracy_drop_points']:g} points of accuracy, {gate['max_auc_drop']:g} of macro AUC): "
-        f"**{'PASSED' if gate['passed'] else 'FAILED'}**: {gate['message']}.",
+        f"**{gate_word(gate)}**: {gate['message']}.",
         f"QAT: {report['qat']['epochs']} epoch(s) at lr {report['qat']['lr']:g}, kept epoch {report['qat']['best_epoch']} "
         f"of the best {report['qat'].get('monitor', 'val_auc')} (0 = the calibrated model, before fine-tuning).",
         "",
@@ -131,7 +136,7 @@ def segmentation_markdown(report):
         "",
         f"Quality gate (max drop {gate['max_dice_drop_points']:g} points in mean Dice, "
         f"{gate.get('max_class_drop_points', gate['max_dice_drop_points']):g} per class): "
-        f"**{'PASSED' if gate['passed'] else 'FAILED'}**: {gate['message']}.",
+        f"**{gate_word(gate)}**: {gate['message']}.",
         f"QAT: {report['qat']['epochs']} epoch(s) at lr {report['qat']['lr']:g}, kept epoch {report['qat']['best_epoch']} "
         f"of the best {report['qat'].get('monitor', 'val_dice')} (0 = the calibrated model, before fine-tuning).",
     ]

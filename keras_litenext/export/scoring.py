@@ -44,7 +44,8 @@ def score_logits(task, masks, logits, threshold=0.5, empty="skip", hd95=True):
     return task.test_scores(masks, logits, threshold=threshold, empty=empty, hd95=hd95)
 
 
-def evaluate_tflite(model, images, masks, task, threshold=0.5, empty="skip", hd95=True, num_threads=2, xnnpack=True):
+def evaluate_tflite(model, images, masks, task, threshold=0.5, empty="skip", hd95=True, num_threads=2, xnnpack=True,
+                    progress=None):
     """Per-image Dice/IoU/precision/recall/HD95 of a `.tflite` file, as `metrics.evaluate_model`
     gives them for a Keras model, per class too for a multi-class task.
 
@@ -55,18 +56,34 @@ def evaluate_tflite(model, images, masks, task, threshold=0.5, empty="skip", hd9
         masks: `(N, H, W, 1)` label maps (binary {0, 1}, or class indices).
         task: the `keras_litenext.tasks` task that says what the output means
             (`keras_litenext.tasks.task_for_output(shape)` reads one off a bare model).
+        progress: optional callable `progress(done, total)`, called per chunk of images run.
     """
-    logits = run_tflite(model, file_input(np.asarray(images), model), num_threads=num_threads, xnnpack=xnnpack)
+    x = file_input(np.asarray(images), model)
+    if progress is None:
+        logits = run_tflite(model, x, num_threads=num_threads, xnnpack=xnnpack)
+    else:
+        from keras_litenext.litert.runtime import TFLiteRunner
+
+        runner, chunk, parts = TFLiteRunner(model, num_threads=num_threads, xnnpack=xnnpack), 8, []
+        for i in range(0, len(x), chunk):
+            parts.append(runner(x[i : i + chunk]))
+            progress(min(i + chunk, len(x)), len(x))
+        logits = np.concatenate(parts) if parts else runner(x)
     return score_logits(task, masks, logits, threshold=threshold, empty=empty, hd95=hd95)
 
 
-def predict(model, images, batch_size=8):
+def predict(model, images, batch_size=8, progress=None):
     """Logits of uint8 images, called eagerly in batches: no predict function to trace (seconds
-    for a QAT graph), which costs more than it saves on a test split."""
+    for a QAT graph), which costs more than it saves on a test split. `progress(done, total)`
+    (optional) is called after each batch."""
     import keras
 
-    x = to_float(images)
-    return np.concatenate([keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)])
+    x, parts = to_float(images), []
+    for i in range(0, len(x), batch_size):
+        parts.append(keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False)))
+        if progress is not None:
+            progress(min(i + batch_size, len(x)), len(x))
+    return np.concatenate(parts)
 
 
 def file_input(images, path):
@@ -75,10 +92,10 @@ def file_input(images, path):
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 and channels == 3 else images
 
 
-def file_report(path, kind, images, masks, task, threads):
+def file_report(path, kind, images, masks, task, threads, progress=None):
     """A file's entry of the report: size, ops, float ops, XNNPACK partitions, I/O, test scores."""
     info = inspect_tflite(path)
-    result = evaluate_tflite(path, to_float(images), masks, task=task, num_threads=threads, xnnpack=True)
+    result = evaluate_tflite(path, to_float(images), masks, task=task, num_threads=threads, xnnpack=True, progress=progress)
     return {
         "file": os.path.basename(path),
         "kind": kind,

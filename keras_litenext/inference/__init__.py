@@ -1,9 +1,10 @@
 """Inference: predicting images of any size (`predictor`: `predict_image` in the modes resize,
 pad, tile and gaussian, with flip TTA; `predict_slices` for DICOM/NIfTI files), predicting a
 folder and writing the results (`folder`: `predict_folder`), scoring a model or a run
-(`evaluation`: `evaluate_native`, `evaluate_run`), and what to predict with (`source`:
-`load_run`, `task_of`)."""
+(`evaluation`: `evaluate_native`, `evaluate_run`), what a batch reports (`batch`: `BatchResult`,
+`Failure`, `failures.csv`, `Progress`), and what to predict with (`source`: `load_run`, `task_of`)."""
 
+from keras_litenext.inference.batch import FAILURES_CSV, BatchResult, Failure, Progress
 from keras_litenext.inference.evaluation import evaluate_native, evaluate_run
 from keras_litenext.inference.folder import (
     classify,
@@ -25,9 +26,13 @@ from keras_litenext.inference.predictor import (
 from keras_litenext.inference.source import load_run, task_of
 
 __all__ = [
+    "FAILURES_CSV",
     "MODES",
     "SIGMA_SCALE",
     "TTA_FLIPS",
+    "BatchResult",
+    "Failure",
+    "Progress",
     "classify",
     "evaluate_native",
     "evaluate_run",

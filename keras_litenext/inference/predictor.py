@@ -180,12 +180,12 @@ def _starts(size, window):
 
 
 def predict_slices(model, slices, labels_fn, intensity=None, **predict_kwargs):
-    """Label maps `(S, H, W)` of the slices of a DICOM/NIfTI file (`medical_io.read_slices`),
+    """Label maps `(S, H, W)` of the slices of a DICOM/NIfTI file (`data.medical.read_slices`),
     each mapped by the run's intensity recipe as in training and predicted with `predict_image`.
 
     Args:
         model: the trained model.
-        slices: a `medical_io.Slices`.
+        slices: a `data.medical.Slices`.
         labels_fn: probabilities `(H, W, K)` -> label map `(H, W)` (the task's rule, the threshold).
         intensity: the run's `intensity.Intensity` (default: 8-bit).
         **predict_kwargs: `mode`, `dynamic_model`, `overlap`, `tta`, `task` of `predict_image`.

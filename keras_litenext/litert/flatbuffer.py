@@ -1,5 +1,6 @@
 """Surgery on converted `.tflite` flatbuffers: float islands for XNNPACK inside an int8 graph
-(`float_islands`, `apply_int8_mode`) and the camera-pixel uint8 input (`pin_uint8_input`)."""
+(`float_islands`, `apply_int8_mode`), the camera-pixel uint8 input (`pin_uint8_input`), and a
+named metadata buffer (`set_metadata_buffer`, for the TFLite metadata)."""
 
 import copy
 import os
@@ -82,6 +83,43 @@ def pin_uint8_input(data):
         raise ConversionError("pin_uint8_input: the uint8 input does not feed a QUANTIZE (requantize) op; cannot fix its scale")
     q.scale, q.zeroPoint = np.array([1.0 / 255.0], np.float32), np.array([0], np.int64)
     builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def io_tensor_types(data):
+    """`(input types, output types)` of the first subgraph: the schema's `TensorType` numbers
+    (FLOAT32 0, UINT8 3, INT8 9)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAsModel(bytearray(data), 0).Subgraphs(0)
+    types = [[graph.Tensors(getter(i)).Type() for i in range(length())]
+             for getter, length in ((graph.Inputs, graph.InputsLength), (graph.Outputs, graph.OutputsLength))]
+    return types[0], types[1]
+
+
+def set_metadata_buffer(data, name, payload):
+    """The model flatbuffer (bytes) with `payload` as the buffer of its `metadata` entry `name`:
+    the entry's buffer replaced when there is one, else a new buffer and entry appended. The
+    model is rewritten (with the schema of `ai-edge-litert`), so bytes after the flatbuffer
+    (an archive of associated files) are left out."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(bytes(payload), np.uint8)
+    model.buffers = model.buffers or []
+    model.metadata = model.metadata or []
+    entry = next((m for m in model.metadata if (m.name or b"").decode("utf-8") == name), None)
+    if entry is not None:
+        model.buffers[entry.buffer] = buffer
+    else:
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = name, len(model.buffers) - 1
+        model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(data) + len(payload) + 1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
 

@@ -66,7 +66,7 @@ def tie_ranges(model):
     return changed
 
 
-def calibrate(model, data, steps=None, batch_size=8, statistic="mean"):
+def calibrate(model, data, steps=None, batch_size=8, statistic="mean", progress=None):
     """Set every activation range of a QAT model from data.
 
     Quantization is off while calibrating, so the ranges are those of the float model.
@@ -83,6 +83,8 @@ def calibrate(model, data, steps=None, batch_size=8, statistic="mean"):
         steps: optional number of batches to use. Defaults to all.
         batch_size: for arrays; it sets what a "batch" extreme is. Defaults to 8.
         statistic: `"mean"` or `"minmax"`.
+        progress: optional callable `progress(done, total)` after each batch (total: None when
+            the data's length is unknown), e.g. to draw a progress bar.
 
     Returns:
         The model, in "quantize" mode.
@@ -98,12 +100,16 @@ def calibrate(model, data, steps=None, batch_size=8, statistic="mean"):
                 r.count.assign(0.0)
     set_quant_mode(model, "calibrate")
     seen = 0
+    total = -(-len(data) // batch_size) if hasattr(data, "shape") else None
+    total = steps if total is None else (total if steps is None else min(steps, total))
     try:
         for i, batch in enumerate(_image_batches(data, batch_size)):
             if steps is not None and i >= steps:
                 break
             model(batch, training=False)
             seen += 1
+            if progress is not None:
+                progress(seen, total)
     finally:
         set_quant_mode(model, "quantize")
     if not seen:

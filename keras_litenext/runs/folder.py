@@ -233,7 +233,7 @@ class Run:
             data_lib.save_splits(self.file(SPLITS), splits, seed=self.config.seed, data=os.path.abspath(self.config.data))
         return {name: data_lib.select(stems, images, masks, splits[name]) for name in ("train", "val", "test")}
 
-    def load_data(self, image_size="train", data=None, skip_bad=None):
+    def load_data(self, image_size="train", data=None, skip_bad=None, skip_unreadable=False):
         """`(images, masks, stems, report)` of the run's dataset, decoded by its task; for a
         classification run `masks` are the `(N,)` class indices and the stems relative paths
         (`data.folders.load_image_folder`).
@@ -242,6 +242,8 @@ class Run:
             image_size: `"train"` (the run's size), None (each image at its own size) or a size.
             data: another dataset folder (e.g. the same data on another machine).
             skip_bad: default: the run's setting.
+            skip_unreadable: leave out the files that cannot be read, listed in the report's
+                `"skipped"` (pairing problems of segmentation data still follow `skip_bad`).
         """
         from keras_litenext import data as data_lib
 
@@ -253,14 +255,14 @@ class Run:
         skip_bad = cfg.skip_bad if skip_bad is None else skip_bad
         if self.task.uses_masks:  # images/ and masks/, paired by name
             return data_lib.scan_dataset(folder, size, channels=cfg.channels, masks_suffix=cfg.masks_suffix, task=self.task,
-                                         skip_bad=skip_bad, intensity=cfg.recipe, slice_axis=cfg.slice_axis,
-                                         empty_slices=cfg.empty_slices)
+                                         skip_bad=skip_bad, skip_unreadable=skip_unreadable, intensity=cfg.recipe, slice_axis=cfg.slice_axis,
+                                         empty_slices=cfg.empty_slices, nonfinite=cfg.nonfinite)
         from keras_litenext.data.folders import (
             load_image_folder,  # one sub-folder per class
         )
 
         images, labels, stems, _, report = load_image_folder(folder, size, channels=cfg.channels, class_names=self.task.class_names,
-                                                             skip_bad=skip_bad)
+                                                             skip_bad=skip_bad or skip_unreadable)
         return images, labels, stems, report
 
     def arrays(self, image_size="train", data=None):

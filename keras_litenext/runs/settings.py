@@ -58,6 +58,7 @@ class TrainConfig:
     intensity: "Intensity | None" = None  # noqa: F821  (`intensity.Intensity`; a dict or text is read into one); None: 8-bit (p / 255)
     slice_axis: int = 2  # NIfTI volumes: the voxel axis the 2-D slices are taken along
     empty_slices: float = 1.0  # DICOM/NIfTI volumes: fraction of the slices with an empty label that is kept
+    nonfinite: str = "minimum"  # DICOM/NIfTI image volumes: NaN/inf read as the lowest finite value ("minimum"), or refused ("error")
     splits: str | None = None  # a JSON file with "train"/"val"/"test" stems
     split: tuple = (0.8, 0.1, 0.1)
     batch_size: int = 8
@@ -164,6 +165,8 @@ class TrainConfig:
                 setattr(self, name, checks.check(f"--{name.replace('_', '-')}", kind, value))
         if self.channels not in (1, 3):
             raise ValueError(f"--channels: must be 1 or 3, got {self.channels!r}")
+        if self.nonfinite not in ("minimum", "error"):
+            raise ValueError(f"--nonfinite: must be minimum or error, got {self.nonfinite!r}")
         if self.schedule not in ("cosine", "plateau"):
             raise ValueError(f"--schedule: must be cosine or plateau, got {self.schedule!r}")
         for name in ("mixed_precision", "jit_compile"):

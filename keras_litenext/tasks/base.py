@@ -75,8 +75,8 @@ class Task:
     # -- export
     # What differs between tasks when a run becomes phone files (`keras_litenext.export`):
     # subclasses set these and define `monitor_score`, `test_scores`, `report_summary`,
-    # `file_headline`, `evaluation_text`, `output_contract`, `file_description`, `export_gate`
-    # and `report_markdown` (the heavier ones call `keras_litenext.export`'s modules).
+    # `file_headline`, `evaluation_text`, `output_contract`, `file_description`, `export_gate`,
+    # `at_chance` (when the float model scores at chance, so the gate verifies nothing) and `report_markdown` (the heavier ones call `keras_litenext.export`'s modules).
     mediapipe_task = None  # the MediaPipe Tasks reader of the phone files
     metadata_kind = None  # the kind of output the TFLite metadata describes (`export.metadata`)
     metadata_activation = None  # the segmenter activation the metadata states (MediaPipe's name)

@@ -252,7 +252,28 @@ class ClassificationTask(Task):
         """The accuracy and AUC gate (`export.gate.accuracy_gate`: `options.max_accuracy_drop`, `max_auc_drop`)."""
         from keras_litenext.export.gate import accuracy_gate
 
-        return accuracy_gate(report, options.max_accuracy_drop, options.max_auc_drop)
+        return accuracy_gate(report, options.max_accuracy_drop, options.max_auc_drop, task=self)
+
+    chance_auc = 0.55  # a float model's macro AUC at most this ranks at chance: the gate verifies nothing
+
+    def at_chance(self, float_test):
+        """Why the float model's test scores (the report's `keras_float.test`) are at chance, or
+        None: macro AUC at most `chance_auc`, or accuracy no better than always answering the
+        majority class of the test split."""
+        from keras_litenext.export.scoring import number
+
+        auc, accuracy = number(float_test.get("auc")), number(float_test.get("accuracy"))
+        if auc is not None and auc <= self.chance_auc:
+            return f"the float model scores at chance (AUC {auc:.4f}, at most {self.chance_auc:g})"
+        matrix = np.asarray(float_test.get("confusion_matrix") or [], np.float64)
+        if accuracy is not None and matrix.ndim == 2 and matrix.sum() > 0:
+            majority = matrix.sum(axis=1).max() / matrix.sum()
+            if accuracy <= majority + 1e-9:
+                return (f"the float model scores at chance (accuracy {100 * accuracy:.2f}, no better than always answering "
+                        f"the majority class: {100 * majority:.2f})")
+        if accuracy is None:
+            return "the float model's test accuracy is undefined (an empty test split?)"
+        return None
 
     def report_markdown(self, report):
         from keras_litenext.export.report import classification_markdown

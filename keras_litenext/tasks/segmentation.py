@@ -254,7 +254,22 @@ class SegmentationTask(Task):
         """The Dice gate (`export.gate.dice_gate`: `options.max_dice_drop`, `max_class_drop`)."""
         from keras_litenext.export.gate import dice_gate
 
-        return dice_gate(report, options.max_dice_drop, options.max_class_drop)
+        return dice_gate(report, options.max_dice_drop, options.max_class_drop, task=self)
+
+    chance_dice = 0.05  # a float model below this mean test Dice scores at chance: the gate verifies nothing
+
+    def at_chance(self, float_test):
+        """Why the float model's test scores (the report's `keras_float.test`) are at chance, so
+        that an int8 file matching it proves nothing, or None: no test image with foreground, or
+        mean foreground Dice below `chance_dice`."""
+        from keras_litenext.export.scoring import number
+
+        dice = number((float_test.get("dice") or {}).get("mean"))
+        if dice is None or not float_test.get("counted", 1):
+            return "no test image has foreground, so the float model's Dice measures nothing"
+        if dice < self.chance_dice:
+            return f"the float model scores at chance (Dice {100 * dice:.2f}, below the floor of {100 * self.chance_dice:.2f})"
+        return None
 
     def report_markdown(self, report):
         from keras_litenext.export.report import segmentation_markdown

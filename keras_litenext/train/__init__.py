@@ -27,12 +27,7 @@ differs between segmentation and classification is asked of the task (`keras_lit
 """
 
 from keras_litenext.runs import TrainConfig
-from keras_litenext.train.callbacks import (
-           BestModelCheckpoint,
-           NonFiniteLossError,
-           RunBackup,
-           StopOnNonFiniteLoss,
-)
+from keras_litenext.train.callbacks import BestModelCheckpoint, NonFiniteLossError, RunBackup, StopOnNonFiniteLoss
 from keras_litenext.train.finish import finish_run, model_card
 from keras_litenext.train.loop import build_datasets, task_loss, train
 from keras_litenext.train.resume import RESUMABLE
