@@ -72,7 +72,7 @@ def test_spec_is_complete(case):
 
 
 def test_builds_at_default_and_small_size(case):
-    spec, model, images, outputs, _ = case
+    spec, _, images, outputs, _ = case
     default = kl.create_model(spec.name)
     assert tuple(default.input_shape[1:]) == tuple(spec.default_input_shape)
     assert registry.spec_of(default) is spec and default.name == spec.name
@@ -100,21 +100,25 @@ def test_keras_round_trip_is_identical(case):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored(images, training=False)), outputs)
 
 
-def test_runs_under_jax(case, tmp_path):
-    """The saved model under JAX, on non-initial weights (a copy of the family's model with seeded
-    noise on every weight), against TensorFlow's outputs at a tight tolerance."""
+@pytest.fixture(scope="module")
+def jax_outputs(tmp_path_factory):
+    """`{family: (TensorFlow outputs, JAX outputs)}` of every family's model at the small size on
+    non-initial weights (seeded noise on every weight), saved as `.keras` and run under JAX in one
+    process for all families (a JAX process starts in ~15 s; one per family cost a minute)."""
     pytest.importorskip("jax")
-    spec, model, images, _, _ = case
-    perturbed = keras.models.clone_model(model)
-    perturbed.set_weights(model.get_weights())
-    perturb_weights(perturbed)
-    outputs = keras.ops.convert_to_numpy(perturbed(images, training=False))
-    path = tmp_path / f"{spec.name}.keras"
-    perturbed.save(path)
-    np.save(tmp_path / "images.npy", images)
+    folder = tmp_path_factory.mktemp("jax")
+    expected = {}
+    for name in kl.list_models():
+        spec = kl.get_spec(name)
+        keras.utils.set_random_seed(0)
+        model = perturb_weights(kl.create_model(name, input_shape=small_shape(spec), **spec.contract_kwargs))
+        images = np.random.default_rng(0).random((4, *small_shape(spec)), dtype=np.float32)
+        expected[name] = keras.ops.convert_to_numpy(model(images, training=False))
+        model.save(folder / f"{name}.keras")
+        np.save(folder / f"{name}_images.npy", images)
     code = textwrap.dedent(
         f"""
-        import jax, keras, numpy as np
+        import os, jax, keras, numpy as np
         assert keras.backend.backend() == "jax", keras.backend.backend()
         import keras_litenext as kl
 
@@ -122,20 +126,27 @@ def test_runs_under_jax(case, tmp_path):
             f = jax.jit(lambda v, t, x: model.stateless_call(v, t, x, training=False)[0])
             return np.asarray(f([w.value for w in model.trainable_variables], [w.value for w in model.non_trainable_variables], x))
 
-        images = np.load({str(tmp_path / "images.npy")!r})
-        loaded = keras.saving.load_model({str(path)!r})
-        out = run(loaded, images)
-        fresh = kl.create_model({spec.name!r}, input_shape={small_shape(spec)!r}, **kl.get_spec({spec.name!r}).contract_kwargs)
-        assert np.isfinite(run(fresh, images)).all()
-        np.save({str(tmp_path / "jax.npy")!r}, out)
+        folder = {str(folder)!r}
+        for name in {sorted(expected)!r}:
+            images = np.load(os.path.join(folder, name + "_images.npy"))
+            np.save(os.path.join(folder, name + "_jax.npy"), run(keras.saving.load_model(os.path.join(folder, name + ".keras")), images))
+            fresh = kl.create_model(name, input_shape=images.shape[1:], **kl.get_spec(name).contract_kwargs)
+            assert np.isfinite(run(fresh, images)).all(), name
         """
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-3000:]
+    return {name: (out, np.load(folder / f"{name}_jax.npy")) for name, out in expected.items()}
+
+
+def test_runs_under_jax(case, jax_outputs):
+    """The saved model under JAX, on non-initial weights, against TensorFlow's outputs at a tight
+    tolerance."""
+    outputs, under_jax = jax_outputs[case[0].name]
     # float32 on both backends, other kernels and op orders: 1e-5 of the output's scale (measured
     # up to 1.1e-6 on these weights; one weight tensor off by 1e-4 of itself fails it)
     scale = float(np.abs(outputs).max())
-    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), outputs, rtol=0, atol=JAX_TOLERANCE * scale)
+    np.testing.assert_allclose(under_jax, outputs, rtol=0, atol=JAX_TOLERANCE * scale)
 
 
 def test_size_that_breaks_the_multiple_names_it(case):

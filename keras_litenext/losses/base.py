@@ -136,6 +136,20 @@ def _weighted_ce(one_hot, y_pred, from_logits, class_weights, pixel_weights=None
     return ops.mean(ce, axis=(1, 2))
 
 
+class _BinaryLoss(keras.losses.Loss):
+    """Common arguments and configuration of the sigmoid (one-logit) losses."""
+
+    def __init__(self, from_logits=True, smooth=DEFAULT_SMOOTH, name=None, reduction=None, dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
+        self.smooth = float(smooth)
+
+    def get_config(self):
+        config = _base_config(self)
+        config.update(from_logits=self.from_logits, smooth=self.smooth)
+        return config
+
+
 class _MultiClassLoss(keras.losses.Loss):
     """Common arguments and configuration of the softmax losses."""
 

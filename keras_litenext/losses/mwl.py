@@ -12,7 +12,7 @@ from keras_litenext.losses.base import (
     PACKAGE,
     _align,
     _as_image_batch,
-    _base_config,
+    _BinaryLoss,
     _bce,
     _check_num_classes,
     _class_probabilities,
@@ -152,7 +152,7 @@ def multiclass_weight_map(
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MarginalWeightLoss(keras.losses.Loss):
+class MarginalWeightLoss(_BinaryLoss):
     """Marginal weight loss (MWL) of LiteNeXt: pixel-weighted BCE plus soft Dice.
 
     Per image, `L = mean_pixels(W * BCE(sigmoid(z), y)) + dice_weight * (1 - Dice(sigmoid(z), y))`
@@ -189,14 +189,12 @@ class MarginalWeightLoss(keras.losses.Loss):
         reduction="sum_over_batch_size",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits=from_logits, smooth=smooth, name=name, reduction=reduction, dtype=dtype)
         self.kernel_size = int(kernel_size)
         self.w_margin = float(w_margin)
         self.w_object = float(w_object)
         self.w_background = float(w_background)
         self.dice_weight = float(dice_weight)
-        self.from_logits = bool(from_logits)
-        self.smooth = float(smooth)
 
     def call(self, y_true, y_pred):
         y_true, y_pred = _align(y_true, y_pred)
@@ -208,15 +206,13 @@ class MarginalWeightLoss(keras.losses.Loss):
         return weighted_bce + self.dice_weight * (1.0 - dice)
 
     def get_config(self):
-        config = _base_config(self)
+        config = super().get_config()
         config.update(
             kernel_size=self.kernel_size,
             w_margin=self.w_margin,
             w_object=self.w_object,
             w_background=self.w_background,
             dice_weight=self.dice_weight,
-            from_logits=self.from_logits,
-            smooth=self.smooth,
         )
         return config
 

@@ -9,6 +9,7 @@ from keras_litenext.losses.base import (
     PACKAGE,
     _align,
     _base_config,
+    _BinaryLoss,
     _bce,
     _check_class_weights,
     _class_probabilities,
@@ -23,7 +24,7 @@ from keras_litenext.losses.base import (
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class DiceLoss(keras.losses.Loss):
+class DiceLoss(_BinaryLoss):
     """Soft Dice loss, per image: `1 - (2*sum(p*y) + smooth) / (sum(p) + sum(y) + smooth)`.
 
     `p = sigmoid(z)`; the Dice coefficient is computed per image over all pixels and channels,
@@ -44,22 +45,15 @@ class DiceLoss(keras.losses.Loss):
     def __init__(
         self, from_logits=True, smooth=DEFAULT_SMOOTH, name="dice_loss", reduction="sum_over_batch_size", dtype=None
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.from_logits = bool(from_logits)
-        self.smooth = float(smooth)
+        super().__init__(from_logits=from_logits, smooth=smooth, name=name, reduction=reduction, dtype=dtype)
 
     def call(self, y_true, y_pred):
         y_true, y_pred = _align(y_true, y_pred)
         return 1.0 - _soft_dice(y_true, _probabilities(y_pred, self.from_logits), self.smooth)
 
-    def get_config(self):
-        config = _base_config(self)
-        config.update(from_logits=self.from_logits, smooth=self.smooth)
-        return config
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class BCEDiceLoss(keras.losses.Loss):
+class BCEDiceLoss(_BinaryLoss):
     """`bce_weight * mean_pixels(BCE) + dice_weight * (1 - Dice)`, per image.
 
     The unweighted counterpart of `MarginalWeightLoss` (equal to it when all three region weights
@@ -83,11 +77,9 @@ class BCEDiceLoss(keras.losses.Loss):
         reduction="sum_over_batch_size",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits=from_logits, smooth=smooth, name=name, reduction=reduction, dtype=dtype)
         self.bce_weight = float(bce_weight)
         self.dice_weight = float(dice_weight)
-        self.from_logits = bool(from_logits)
-        self.smooth = float(smooth)
 
     def call(self, y_true, y_pred):
         y_true, y_pred = _align(y_true, y_pred)
@@ -96,15 +88,11 @@ class BCEDiceLoss(keras.losses.Loss):
         return self.bce_weight * bce + self.dice_weight * (1.0 - dice)
 
     def get_config(self):
-        config = _base_config(self)
-        config.update(
-            bce_weight=self.bce_weight, dice_weight=self.dice_weight, from_logits=self.from_logits, smooth=self.smooth
-        )
-        return config
+        return {**super().get_config(), "bce_weight": self.bce_weight, "dice_weight": self.dice_weight}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class TverskyLoss(keras.losses.Loss):
+class TverskyLoss(_BinaryLoss):
     """Tversky loss, per image: `1 - (TP + smooth) / (TP + alpha*FP + beta*FN + smooth)`.
 
     With `p = sigmoid(z)`: `TP = sum(p*y)`, `FP = sum(p*(1-y))`, `FN = sum((1-p)*y)`. `alpha`
@@ -133,11 +121,9 @@ class TverskyLoss(keras.losses.Loss):
         reduction="sum_over_batch_size",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(from_logits=from_logits, smooth=smooth, name=name, reduction=reduction, dtype=dtype)
         self.alpha = float(alpha)
         self.beta = float(beta)
-        self.from_logits = bool(from_logits)
-        self.smooth = float(smooth)
 
     def call(self, y_true, y_pred):
         y_true, y_pred = _align(y_true, y_pred)
@@ -149,9 +135,7 @@ class TverskyLoss(keras.losses.Loss):
         return 1.0 - index
 
     def get_config(self):
-        config = _base_config(self)
-        config.update(alpha=self.alpha, beta=self.beta, from_logits=self.from_logits, smooth=self.smooth)
-        return config
+        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
