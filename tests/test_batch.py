@@ -1,4 +1,4 @@
-"""Batches over many files: predict, evaluate (and export's reading of the test split) go on past
+"""Batches over many files: predict, evaluate and export (its calibration and scoring) go on past
 an item that cannot be read, predicted or written, list it at the end and in failures.csv, and
 exit 1; NaN in an image volume is read as its lowest finite value (`--nonfinite`)."""
 
@@ -28,6 +28,7 @@ from scipy import ndimage
 
 import keras_litenext
 from keras_litenext.cli import evaluate as evaluate_cli
+from keras_litenext.cli import export as export_cli
 from keras_litenext.cli import fit as fit_cli
 from keras_litenext.cli import predict as predict_cli
 
@@ -151,6 +152,88 @@ def test_mixed_real_dicoms_all_labelled_and_the_broken_listed(tmp_path, grey_run
     for name in broken:
         assert name in captured.err
     assert "Traceback" not in captured.err
+
+
+def dicom_run(root):
+    """A run folder on a dataset of `mixed_dicom_folder`'s files: each image with a label DICOM of
+    its frames, the broken ones with a good label file (the pair fails on its image), the
+    percentile recipe medical data gets by default, and a
+    splits.json that names one broken stem in the train split and one in the test split, as when
+    a file breaks after training. An untrained tiny LiteNeXt at 32x32, one channel.
+    Returns `(run folder, broken file names, test split stems)`."""
+    from keras_litenext.data import save_splits, split_stems
+    from keras_litenext.data.intensity import Intensity
+    from keras_litenext.data.medical import read_slices, write_labels
+    from keras_litenext.runs import Run, TrainConfig
+
+    data = root / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    images, broken = mixed_dicom_folder(data / "images")
+    for name in images:
+        frames, rows, columns = read_slices(str(data / "images" / name)).array.shape[:3]
+        labels = np.zeros((frames, rows, columns), np.uint8)
+        labels[:, rows // 4 : rows // 2, columns // 4 : columns // 2] = 1
+        write_labels(str(data / "images" / name), labels, str(data / "masks" / name))
+    for name in broken:
+        shutil.copyfile(data / "masks" / "MR_small.dcm", data / "masks" / name)
+    config = TrainConfig(data=str(data), output=str(root / "run"), channels=1, image_size=32, task="binary", num_classes=2,
+                         class_names=["background", "foreground"], model_kwargs={"width": 4}, verbose=0,
+                         intensity=Intensity("percentile"))
+    run = Run.create(config)
+    keras.utils.set_random_seed(0)
+    keras_litenext.LiteNeXt(input_shape=(32, 32, 1), width=4).save(run.file("best.keras"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stems = run.load_data(skip_unreadable=True)[2]
+    assert {s.split("#")[0] for s in stems} == {os.path.splitext(n)[0] for n in images}  # every good file read
+    splits = split_stems(stems, (0.6, 0.2, 0.2), seed=0)
+    splits["test"].append(os.path.splitext(broken[0])[0])
+    splits["train"].append(os.path.splitext(broken[1])[0])
+    save_splits(run.file("splits.json"), splits)
+    return root / "run", broken, splits["test"]
+
+
+def test_export_calibrates_and_scores_what_it_can_read_and_lists_the_rest(tmp_path, capsys):
+    """The mixed real-DICOM folder through export: every file and the report written under their
+    final names, the test split scored on the images read, the broken files listed at the end,
+    in report.json, report.md and failures.csv; exit 1."""
+    run, broken, test_stems = dicom_run(tmp_path)
+    out = tmp_path / "tflite"
+    status = export_cli.main([str(run), "--output", str(out), "--kinds", "int8", "--qat-epochs", "0", "--calibration-images", "8",
+                              "--verbose", "0", "--force"])
+    captured = capsys.readouterr()
+    assert status == 1, captured.err
+    assert sorted(os.listdir(out)) == ["failures.csv", "litenext_int8.json", "litenext_int8.tflite", "litenext_labels.txt",
+                                       "litenext_qat.keras", "report.json", "report.md"]
+    assert sorted(os.path.basename(r["item"]) for r in failures_csv(out)) == sorted(broken)
+    assert {r["stage"] for r in failures_csv(out)} == {"read"} and all(r["reason"] for r in failures_csv(out))
+    report = json.loads((out / "report.json").read_text())
+    assert {os.path.basename(f["item"]): f["split"] for f in report["failures"]} == {broken[0]: "test", broken[1]: "train"}
+    scored = len(test_stems) - 1  # the test split less its broken file
+    assert report["splits"]["test"] == scored and report["test_images"] == {"scored": scored, "failed_to_read": 1}
+    assert len(report["files"][0]["test"]["per_image"]["dice"]) == scored
+    markdown = (out / "report.md").read_text()
+    assert all(name in markdown for name in broken) and f"{scored} test images scored, 1 test file could not be read" in markdown
+    failed = [line for line in captured.err.splitlines() if line.startswith("failed: ")]
+    assert sorted(os.path.basename(line.split()[1]) for line in failed) == sorted(broken)
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_export_exit_status_with_failures(monkeypatch, tmp_path, capsys):
+    """Failures: exit 1, or 0 with --skip-bad (it is passed on); a failed gate still exits 3."""
+    from keras_litenext import export as E
+
+    failure = {"item": "images/a.dcm", "stage": "read", "reason": "is truncated"}
+    report = {"output": str(tmp_path), "files": [], "failures": [failure], "gate": {"passed": True, "message": "fine"}}
+    seen = {}
+    monkeypatch.setattr(E, "export_run", lambda *a, **k: seen.update(k) or report)
+    assert export_cli.main([str(tmp_path)]) == 1 and seen["skip_bad"] is False
+    assert "failed: images/a.dcm (read): is truncated" in capsys.readouterr().err
+    assert export_cli.main([str(tmp_path), "--skip-bad"]) == 0 and seen["skip_bad"] is True
+    report["gate"] = {"passed": False, "message": "drop of 10.00 points"}
+    assert export_cli.main([str(tmp_path)]) == 3
+    assert export_cli.main([str(tmp_path), "--force"]) == 1
 
 
 def png_dataset(root, n=8, bad=("img3",)):

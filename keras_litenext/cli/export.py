@@ -40,6 +40,11 @@ Exit status: 0 when the int8 file's test Dice (mean over the foreground classes)
 --max-auc-drop); 3 when not, or when the float model itself scores at chance (the gate then
 verifies nothing: "not verified", train longer); the files and the report are written all the
 same; --force returns 0; 1 for bad input (one line on stderr).
+
+A data file that cannot be read does not stop the export: it is left out of calibration,
+fine-tuning and scoring (the gate judges the files on the test images that were read), listed
+at the end, one line each, in report.json / report.md and in failures.csv, and the exit status
+is 1 (after a failed gate, 3) unless --skip-bad.
 """
 
 import argparse
@@ -88,6 +93,9 @@ def build_parser():
     p.add_argument("--kinds", type=cli.names(KINDS, required=("int8",)), default=list(KINDS),
                    help="comma-separated files to write (default all: int8,int8_ptq,fp16,fp32; int8 is required)")
     p.add_argument("--force", action="store_true", help="exit 0 even when the quality gate fails")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="exit 0 although some data files could not be read (they are listed at the end and in failures.csv all "
+                   "the same), and skip unpaired files with a warning (without it, unpaired files stop the export)")
     p.add_argument("--threads", type=cli.positive_int, default=2, help="LiteRT threads for the evaluation (default 2)")
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                    help="Keras verbosity of the fine-tuning (default 2; 0 also hides the progress bars); given at all, "
@@ -106,21 +114,31 @@ def run(args):
             max_class_drop=args.max_class_drop, threads=args.threads, verbose=args.verbose,
             max_accuracy_drop=args.max_accuracy_drop, max_auc_drop=args.max_auc_drop,
             kinds=list(args.kinds), metadata=not args.no_metadata, int8_mode="strict" if args.strict_int8 else "cpu",
+            skip_bad=args.skip_bad,
         )
     except (ExportError, ConversionError, data_lib.DatasetError, OSError, ValueError) as err:
         print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 1
     print(f"Report: {os.path.join(report['output'], 'report.md')}")
-    gate = report["gate"]
+    gate, failures = report["gate"], report.get("failures") or []
     if gate["passed"]:
         print(f"Quality gate passed: {gate['message']}.")
         _next_steps(report)
-        return 0
-    word = "NOT VERIFIED" if gate.get("status") == "not verified" else "FAILED"
-    print(f"Quality gate {word}: {gate['message']}." + (" (--force: exit 0)" if args.force else ""), file=sys.stderr)
-    if args.force:
-        _next_steps(report)
-    return 0 if args.force else GATE_FAILED
+        status = 0
+    else:
+        word = "NOT VERIFIED" if gate.get("status") == "not verified" else "FAILED"
+        print(f"Quality gate {word}: {gate['message']}." + (" (--force)" if args.force else ""), file=sys.stderr)
+        if args.force:
+            _next_steps(report)
+        status = 0 if args.force else GATE_FAILED
+    if failures:
+        from keras_litenext.inference.batch import FAILURES_CSV, Failure
+
+        for f in failures:
+            print(f"failed: {Failure(f['item'], f['stage'], f['reason']).line()}", file=sys.stderr)
+        print(f"{len(failures)} file(s) could not be read and were left out (listed in {os.path.join(report['output'], FAILURES_CSV)})"
+              + ("; --skip-bad: not an error" if args.skip_bad else ""))
+    return status or (1 if failures and not args.skip_bad else 0)
 
 
 def _next_steps(report):

@@ -62,6 +62,8 @@ class ExportOptions:
         int8_mode: `"cpu"` (default: the int8 ops XNNPACK lacks as float islands inside
             XNNPACK, the fastest file on a CPU) or `"strict"` (every op int8, for NPUs and DSPs);
             see `keras_litenext.litert.convert`.
+        skip_bad: skip unpaired files too (default: the run's setting). Files that cannot be
+            read are always left out and listed in the report's `"failures"` and `failures.csv`.
 
     Raises:
         ExportError: kinds without int8 or unknown, an unknown `io`, negative `qat_epochs`.
@@ -86,6 +88,7 @@ class ExportOptions:
     metadata: bool = True
     settings: dict | None = None
     int8_mode: str = "cpu"
+    skip_bad: bool = False
 
     def __post_init__(self):
         self.kinds = list(FILE_KINDS) if self.kinds is None else [str(k).strip() for k in self.kinds]
@@ -120,7 +123,10 @@ def export_run(*args, **kwargs):
     - `report.json` and `report.md`: per file size, ops with dtypes, float-op count, XNNPACK
       partitions, and test-split Dice/IoU/HD95 (mean over foreground classes and per class)
       measured by running the file with LiteRT (XNNPACK, `threads` threads), next to the float
-      Keras model's; the task's quality gate.
+      Keras model's; the task's quality gate;
+    - `failures.csv`: the files that could not be read (`item,stage,reason`), also in the
+      report's `"failures"`; they are left out of calibration, fine-tuning and scoring, and the
+      gate judges the files on the test images that were read.
 
     Returns:
         the report dict (also in report.json), with `"gate": {"passed", "message", ...}`.
@@ -133,7 +139,8 @@ export_run.__signature__ = inspect.signature(ExportOptions).replace(return_annot
 
 def run_export(options):
     """`export_run` over an `ExportOptions`."""
-    model, run, arrays, meta = load_source(options.source, data=options.data, settings=options.settings)
+    model, run, arrays, meta, failures = load_source(options.source, data=options.data, settings=options.settings,
+                                                     skip_bad=options.skip_bad)
     task = run.task
     name = options.name or model.name
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -145,6 +152,8 @@ def run_export(options):
     classes = f", classes {', '.join(task.class_names)}" if task.output_channels > 1 else ""
     options.log(f"Model {name} ({model.count_params():,} parameters), {task.name} task{classes}, data {meta['data']} at "
                 f"{run.config.image_size}px, train {sizes['train']} / val {sizes['val']} / test {sizes['test']} images")
+    if failures:
+        options.log(f"{len(failures)} file(s) could not be read and are left out (listed at the end and in failures.csv)")
 
     started = time.time()
     test_images, test_masks = arrays["test"]
@@ -158,9 +167,12 @@ def run_export(options):
     writer.write_comparison_files(model)
     qat, qat_test = writer.write_int8_file(model)
 
-    report = _report(options, name, model, run, meta, sizes, writer, qat, qat_test)
+    report = _report(options, name, model, run, meta, sizes, writer, qat, qat_test, failures)
     report["seconds"] = round(time.time() - started, 1)
     report["gate"] = task.export_gate(report, options)
+    lost = report["test_images"]["failed_to_read"]
+    if lost:
+        report["gate"]["message"] += f" (on the {sizes['test']} test images read; {lost} test file(s) could not be read)"
     return write_report(report, output, task)
 
 
@@ -256,9 +268,13 @@ class _FileWriter:
               f"{entry['xnnpack']['partitions']} XNNPACK partitions, {task.file_headline(entry['test'])}")
 
 
-def _report(options, name, model, run, meta, sizes, writer, qat, qat_test):
+def _report(options, name, model, run, meta, sizes, writer, qat, qat_test, failures=()):
     """The report's dict, before its gate."""
     config, task = run.config, run.task
+    lost = sum(1 for f in failures if f["split"] == "test")
+    evaluation = task.evaluation_text(sizes["test"])
+    if failures:
+        evaluation += f"; {sizes['test']} test images scored, {lost} test file{'' if lost == 1 else 's'} could not be read"
     settings = {k: getattr(config, k) for k in ("model", "data", "image_size", "channels", "masks_suffix", "mask_threshold", "loss", "batch_size")}
     settings["intensity"] = None if config.intensity is None else Intensity.from_dict(config.intensity).to_dict()
     return {
@@ -271,7 +287,9 @@ def _report(options, name, model, run, meta, sizes, writer, qat, qat_test):
         "io": options.io,
         "int8_mode": options.int8_mode,
         "metadata": bool(options.metadata),
-        "evaluation": f"{task.evaluation_text(sizes['test'])}; .tflite files run with ai-edge-litert, XNNPACK, {options.threads} threads",
+        "evaluation": f"{evaluation}; .tflite files run with ai-edge-litert, XNNPACK, {options.threads} threads",
+        "test_images": {"scored": sizes["test"], "failed_to_read": lost},
+        "failures": list(failures),
         "keras_float": {"params": int(model.count_params()), "test": writer.float_test},
         "qat": {
             "epochs": int(options.qat_epochs),
@@ -343,7 +361,7 @@ def export(model_or_run, output, formats=("int8", "fp16"), data=None, task=None,
             settings = None  # a run folder brings its task and classes
         report = export_run(os.fspath(source), output=os.fspath(output), data=data, kinds=kinds, settings=settings or None, **options)
     files = {e["kind"]: os.path.join(report["output"], e["file"]) for e in report["files"]}
-    written = ["report.json", "report.md", f"{report['model']}_qat.keras", f"{report['model']}_labels.txt"]
+    written = ["report.json", "report.md", "failures.csv", f"{report['model']}_qat.keras", f"{report['model']}_labels.txt"]
     written += [f"{report['model']}_{k}{ext}" for k in files for ext in (".tflite", ".json")]
     paths = sorted(p for p in (os.path.join(report["output"], n) for n in set(written)) if os.path.isfile(p))
     return Exported(files, paths, report)

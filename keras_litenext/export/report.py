@@ -1,5 +1,6 @@
 """The report of an export: `report.json` and `report.md` (the task's summary table, then each
-file's I/O, XNNPACK delegation and ops with dtypes)."""
+file's I/O, XNNPACK delegation and ops with dtypes, then the files that could not be read), and
+`failures.csv` (those files, `inference.batch.write_failures`)."""
 
 import collections
 import math
@@ -7,6 +8,7 @@ import os
 
 from keras_litenext.export.gate import classification_drops, dice_drops
 from keras_litenext.export.scoring import fmt, mean_of
+from keras_litenext.inference.batch import FAILURES_CSV, Failure, write_failures
 from keras_litenext.utils import atomic_path, write_json
 
 
@@ -19,13 +21,32 @@ def report_markdown(report, task):
     """`report.md` of `export_run`: the task's tables and gate (`task.report_markdown`:
     segmentation: summary table, per-class Dice (K > 1), quality gate; classification: accuracy /
     AUC, per-class recall and AUC, the int8 file's confusion matrix and its gate), then each
-    file's ops with dtypes. `task`: the report's task (`report["task"]`, `report["class_names"]`)."""
-    return task.report_markdown(report)
+    file's ops with dtypes, then the files that could not be read. `task`: the report's task
+    (`report["task"]`, `report["class_names"]`)."""
+    return task.report_markdown(report) + failures_markdown(report)
+
+
+def failures_markdown(report):
+    """`report.md`'s section on the files that could not be read ("" when every file was read)."""
+    failures = report.get("failures") or []
+    if not failures:
+        return ""
+    scored = (report.get("test_images") or {}).get("scored", report["splits"]["test"])
+    text = (f"{len(failures)} file(s) could not be read and are left out of calibration, fine-tuning and scoring; "
+            f"the gate judges the files on the {scored} test images that were read. Also in `{FAILURES_CSV}`.")
+    lines = ["", "## Files that could not be read", "", text, "", "| file | split | reason |", "|---|---|---|"]
+    for f in failures:
+        reason = f["reason"].replace("|", "\\|")
+        lines.append(f"| `{f['item']}` | {f.get('split') or '-'} | {reason} |")
+    return "\n".join(lines + [""])
 
 
 def write_report(report, output, task):
-    """Write `report.json` and `report.md` into `output`; returns the report (with `"output"`)."""
+    """Write `report.json`, `report.md` and `failures.csv` (removed when every file was read) into
+    `output`; returns the report (with `"output"`)."""
     report["output"] = os.path.abspath(output)
+    failures = [Failure(f["item"], f["stage"], f["reason"]) for f in report.get("failures") or []]
+    write_failures(os.path.join(output, FAILURES_CSV), failures)
     write_json(os.path.join(output, "report.json"), report)
     with atomic_path(os.path.join(output, "report.md")) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:

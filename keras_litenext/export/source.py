@@ -1,11 +1,13 @@
 """What an export starts from: a run folder of `training/fit.py`, or a `.keras` file with its data.
 
-`load_source` gives the float model, its `runs.Run` (settings, task), the split arrays and where
-they came from, or stops with an `ExportError` of one line naming the file, folder or flag.
+`load_source` gives the float model, its `runs.Run` (settings, task), the split arrays of the
+files that could be read, where they came from and the files that could not, or stops with an
+`ExportError` of one line naming the file, folder or flag.
 """
 
 import collections
 import os
+import warnings
 
 from keras_litenext.runs import RunError, file_run, open_source
 
@@ -19,19 +21,22 @@ def first_line(err):
     return text.splitlines()[0] if text else type(err).__name__
 
 
-Source = collections.namedtuple("Source", "model run arrays meta")
+Source = collections.namedtuple("Source", "model run arrays meta failures", defaults=((),))
 Source.__doc__ = """What `export_run` needs: the float model, its `runs.Run` (settings, task), the
-split arrays `{"train"|"val"|"test": (uint8 images, uint8 label masks (N, H, W, 1))}` and
-`meta` (`{"run", "model_path", "data"}`)."""
+split arrays `{"train"|"val"|"test": (uint8 images, uint8 label masks (N, H, W, 1))}` of the
+files that could be read, `meta` (`{"run", "model_path", "data"}`) and `failures`: `{"item", "stage": "read", "reason",
+"split"}` of each file of the splits that could not be read (`split` None: outside the run's split)."""
 
 
-def load_source(source, data=None, settings=None):
+def load_source(source, data=None, settings=None, skip_bad=False):
     """A `Source` for a run folder of `training/fit.py`, or a `.keras` file with `data`.
 
     A run folder is read with `runs.Run` (settings, task, `splits.json`); `data` overrides its
     dataset folder (the same data on another machine). A `.keras` file gets `runs.file_run`: its
     task read off the output channels (class names from `classes.json` beside the data), split
-    80/10/10 with seed 42 as training does by default.
+    80/10/10 with seed 42 as training does by default. A file that cannot be read is left out of
+    its split and listed in `failures`; pairing problems stop the export unless `skip_bad` (or the
+    run's own `skip_bad`).
 
     Raises:
         ExportError: one line naming the missing or inconsistent file, folder or flag.
@@ -70,11 +75,29 @@ def load_source(source, data=None, settings=None):
     if not config.data or not os.path.isdir(config.data):
         raise ExportError(f"dataset folder {config.data!r} of {source} not found: pass --data DATASET_FOLDER.")
     try:
-        arrays = run.arrays()
+        with warnings.catch_warnings():  # the unreadable files are listed in the failures, not in a note as well
+            warnings.filterwarnings("ignore", message=r".* are unusable; skipping them")
+            arrays, unreadable = run.readable_arrays(skip_bad=skip_bad or None)
     except RunError as err:
         raise ExportError(first_line(err)) from None
+    failures = _failures(unreadable)
     if len(arrays["test"][0]) == 0 or len(arrays["train"][0]) == 0:
-        raise ExportError(f"{source}: the train and test splits must not be empty (splits.json or --data).")
+        lost = [f for f in failures if f["split"] in ("train", "test")]
+        why = f" ({len(lost)} of their files could not be read, e.g. {lost[0]['item']}: {lost[0]['reason']})" if lost else ""
+        raise ExportError(f"{source}: the train and test splits must not be empty (splits.json or --data){why}.")
     meta = {"run": None if run.path is None else os.path.abspath(run.path), "model_path": os.path.abspath(model_path),
             "data": os.path.abspath(config.data)}
-    return Source(model, run, arrays, meta)
+    return Source(model, run, arrays, meta, failures)
+
+
+def _failures(unreadable):
+    """The `failures` entries of `Run.readable_arrays`' unreadable items: one per file."""
+    from keras_litenext.inference.batch import Failure
+
+    out = []
+    for stem in sorted(unreadable):
+        split, lines = unreadable[stem]
+        for line in lines:
+            item, _, reason = line.partition(": ")
+            out.append({**Failure(item, "read", reason or "could not be read").to_dict(), "split": split})
+    return out

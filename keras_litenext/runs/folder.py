@@ -222,8 +222,9 @@ class Run:
         splits = self.splits()
         return None if splits is None else {k: len(splits[k]) for k in ("train", "val", "test") if k in splits}
 
-    def split_arrays(self, images, masks, stems):
-        """Split loaded arrays by the run's split (made and saved on first use)."""
+    def split_arrays(self, images, masks, stems, unreadable=()):
+        """Split loaded arrays by the run's split (made and saved on first use); the stems in
+        `unreadable` (files that could not be read, slices of a volume by its stem) are left out."""
         from keras_litenext import data as data_lib
 
         splits = self.splits()
@@ -231,7 +232,8 @@ class Run:
             splits = self.task.split(stems, masks, fractions=self.config.split, seed=self.config.seed)
         if self.path is not None and not self.exists(SPLITS):
             data_lib.save_splits(self.file(SPLITS), splits, seed=self.config.seed, data=os.path.abspath(self.config.data))
-        return {name: data_lib.select(stems, images, masks, splits[name]) for name in ("train", "val", "test")}
+        wanted = {name: [s for s in splits[name] if not unreadable or _item_stem(s) not in unreadable] for name in ("train", "val", "test")}
+        return {name: data_lib.select(stems, images, masks, wanted[name]) for name in wanted}
 
     def load_data(self, image_size="train", data=None, skip_bad=None, skip_unreadable=False):
         """`(images, masks, stems, report)` of the run's dataset, decoded by its task; for a
@@ -270,6 +272,31 @@ class Run:
         classification: `(images, labels)`."""
         images, masks, stems, _ = self.load_data(image_size=image_size, data=data)
         return self.split_arrays(images, masks, stems)
+
+    def readable_arrays(self, image_size="train", data=None, skip_bad=None):
+        """`(arrays, unreadable)`: `arrays` as `arrays` gives them, of the files that could be
+        read; `unreadable`: `{stem: (split name, or None outside the split, ["file: reason", ...])}`
+        of those that could not, in the run's split (every one when the split is made now).
+        `skip_bad`: pairing problems, as in `load_data`."""
+        known = self.splits()
+        images, masks, stems, report = self.load_data(image_size=image_size, data=data, skip_bad=skip_bad, skip_unreadable=True)
+        lines = report.get("unreadable")
+        if lines is None:  # an image folder: "stem: reason" lines
+            lines = {}
+            for line in report.get("skipped", []):
+                lines.setdefault(line.split(": ", 1)[0], []).append(line)
+        where = {}
+        for name in ("train", "val", "test") if known else ():
+            where.update((_item_stem(s), name) for s in known[name])
+        unreadable = {stem: (where.get(stem), items) for stem, items in lines.items() if not known or stem in where}
+        return self.split_arrays(images, masks, stems, unreadable=set(lines)), unreadable
+
+
+def _item_stem(stem):
+    """The stem of the file a split stem comes from (`volume#012` → `volume`)."""
+    from keras_litenext.data.medical import SLICE_SEPARATOR
+
+    return stem.split(SLICE_SEPARATOR)[0]
 
 
 def open_source(source, data=None):
