@@ -16,7 +16,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.14",
     packages=find_packages(include=["keras_litenext", "keras_litenext.*"]),
-    package_data={"keras_litenext": ["assets/**/*", "presets/**/*"]},
+    package_data={"keras_litenext": ["assets/**/*", "presets/**/*", "web/*.json", "web/page/*"]},
     include_package_data=True,
     entry_points={"console_scripts": ["keras-litenext = keras_litenext.cli:main"]},
     install_requires=[
@@ -37,12 +37,14 @@ setup(
         # "mediapipe==1.2.3"` (docs/export.md). Not in `test` or `dev` for that reason; .ci/run installs it so.
         "mediapipe": ["mediapipe==1.2.3"],
         "jax": ["jax>=0.4.30"],
+        # keras-litenext web --check: drives the system's Chromium (never downloads a browser)
+        "web": ["playwright==1.65.3"],
         # DICOM and NIfTI datasets (keras_litenext.medical_io)
         "dicom": ["pydicom>=3,<4"],
         "nifti": ["nibabel>=5,<6"],
         "medical": ["pydicom>=3,<4", "nibabel>=5,<6"],
         "test": ["pytest>=8", "pytest-xdist>=3", "build>=1", "jax>=0.4.30", "hypothesis>=6", "scikit-learn>=1.3",
-                 "pydicom>=3,<4", "nibabel>=5,<6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
+                 "pydicom>=3,<4", "nibabel>=5,<6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26", "playwright==1.65.3"],
         # the documentation site (mkdocs.yml, docs/; tests/test_docs.py builds it)
         "docs": ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
         "dev": ["pytest>=8", "jax>=0.4.30", "ruff", "hypothesis>=6", "pydicom>=3,<4", "nibabel>=5,<6"],

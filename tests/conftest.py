@@ -2,6 +2,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -26,14 +27,37 @@ def fixture_loader():
 
 def pytest_configure(config):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # keep FILE_SECONDS' order (pytest-xdist reorders by test count)
+    # JAX's persistent compilation cache, shared by every JAX process the tests start (both xdist
+    # workers included): creating a model under JAX compiles one random-initialiser program per
+    # weight shape, ~50 s for one family on 2 busy cores, ~8 s once cached
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "keras-litenext-tests-jax-cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
-def run_python(code, backend="jax", args=(), cwd=None, timeout=600):
+# -- the order in which `-n 2 --dist loadfile` hands out the test files ------------------------------
+# Slowest first (seconds of one file on a busy 2-core machine, pytest --durations, 2026-12-07), so
+# that no long file starts last while the other worker sits idle. pytest-xdist's own order is by
+# number of tests, which put the slowest file, test_training.py, near the end. Order only: no test
+# depends on it.
+FILE_SECONDS = {"test_training.py": 1006, "test_export.py": 878, "test_model_contract.py": 811, "test_mednext.py": 571,
+                "test_install.py": 570, "test_quantization.py": 569, "test_lvunet.py": 382, "test_litenext.py": 287,
+                "test_batch.py": 240, "test_medical.py": 202, "test_docs.py": 188, "test_distributed.py": 180,
+                "test_web.py": 120}
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))  # stable: a file's tests keep their order
+
+
+def run_python(code, backend="jax", args=(), cwd=None, timeout=600, env=None):
     """Run `code` (dedented) in a fresh Python process on a Keras backend, with the clone and
     `tests/` on its path (so `import keras_litenext` and `from conftest import ...` work there).
     A backend is chosen when Keras is first imported, so another backend needs its own process.
-    Returns the `subprocess.CompletedProcess` (text output captured)."""
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    `env`: more environment variables. Returns the `subprocess.CompletedProcess` (text output captured)."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     if backend == "jax":
         env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))

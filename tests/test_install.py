@@ -4,7 +4,9 @@ virtual environment outside the repository, run through its installed `keras-lit
 
 The fresh environment sees the test environment's third-party packages through a `.pth` path
 file (TensorFlow is not installed twice), never the clone: the test checks that the package it
-runs is the wheel's copy in the new environment."""
+runs is the wheel's copy in the new environment. The packages of the optional extras (and
+MediaPipe) are hidden from the commands by a second `.pth` file, so fit → export is shown to need
+the base install only; MediaPipe is then shown the int8 file in a process of its own."""
 
 import json
 import os
@@ -17,13 +19,17 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-VERBS = ("fit", "evaluate", "predict", "export", "benchmark")
+VERBS = ("fit", "evaluate", "predict", "export", "benchmark", "web")
+# importable only through an extra (or, for MediaPipe, the checks of the test suite): hidden from
+# the installed commands, as on a base install
+EXTRAS = ("mediapipe", "jax", "pydicom", "nibabel", "sklearn", "hypothesis", "mkdocs")
+HIDE = "KERAS_LITENEXT_TEST_HIDE_EXTRAS"
 
 
-def _run(cmd, cwd, timeout=900):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def _run(cmd, cwd, timeout=900, extras=False):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", HIDE)}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", **({} if extras else {HIDE: "1"}))
+    result = subprocess.run([str(c) for c in cmd], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(map(str, cmd))} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -48,6 +54,9 @@ def installed(tmp_path_factory):
     purelib = pathlib.Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp).stdout.strip())
     outer = [p for p in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(p)]
     (purelib / "outer_environment.pth").write_text("\n".join(outer) + "\n")
+    # a .pth line starting with "import" runs at start-up: a None in sys.modules makes the import fail
+    (purelib / "zz_hide_extras.pth").write_text(
+        f"import os, sys; os.environ.get({HIDE!r}) and sys.modules.update(dict.fromkeys({EXTRAS!r}))\n")
     _run([python, "-m", "pip", "install", "--no-deps", "--no-index", wheels[0]], cwd=tmp)
     work = tmp / "work"
     work.mkdir()
@@ -59,10 +68,36 @@ def installed(tmp_path_factory):
 def test_wheel_command_helps(installed):
     bin_dir, work = installed
     assert "fit" in _run([bin_dir / "keras-litenext", "--help"], cwd=work).stdout
-    for verb in VERBS:
-        out = _run([bin_dir / "keras-litenext", verb, "--help"], cwd=work).stdout
-        assert out.startswith(f"usage: keras-litenext {verb}"), out[:200]
     assert _run([bin_dir / "python", "-m", "keras_litenext", "--version"], cwd=work).stdout.startswith("keras-litenext ")
+    # every verb's --help in one process (each verb's own start-up is run by the next test)
+    code = ("import contextlib, io, json, sys; from keras_litenext.cli import main\n"
+            "usage = {}\n"
+            "for verb in sys.argv[1:]:\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit): main([verb, '--help'])\n"
+            "    usage[verb] = out.getvalue().splitlines()[0]\n"
+            "print(json.dumps(usage))\n")
+    usage = json.loads(_run([bin_dir / "python", "-c", code, *VERBS], cwd=work).stdout.splitlines()[-1])
+    assert list(usage) == list(VERBS)
+    for verb, line in usage.items():
+        assert line.startswith(f"usage: keras-litenext {verb}"), (verb, line)
+
+
+def test_extras_are_hidden_from_the_commands(installed):
+    bin_dir, work = installed
+    probe = "import mediapipe; print(mediapipe.__name__)"
+    hidden = subprocess.run([bin_dir / "python", "-c", probe], check=False, cwd=work, capture_output=True, text=True,
+                            env={**os.environ, HIDE: "1"})
+    assert hidden.returncode != 0 and "mediapipe" in hidden.stderr, hidden
+    assert _run([bin_dir / "python", "-c", probe], cwd=work, extras=True).stdout.strip() == "mediapipe"
+
+
+def test_one_opencv():
+    """Exactly one distribution provides cv2 (the headless one), with the test extra installed."""
+    from importlib import metadata
+
+    names = sorted({d.metadata["Name"].lower() for d in metadata.distributions() if d.metadata["Name"].lower().startswith("opencv")})
+    assert names == ["opencv-python-headless"], names
 
 
 def test_wheel_command_fits_evaluates_predicts_and_exports(installed):
@@ -87,3 +122,10 @@ def test_wheel_command_fits_evaluates_predicts_and_exports(installed):
     files = list((run / "tflite").glob("*int8*.tflite"))
     assert len(files) == 1 and files[0].stat().st_size > 100_000, files
     assert json.loads((run / "tflite" / "report.json").read_text())["files"]
+    # the file as it came out of the base install, in MediaPipe's ImageSegmenter (a process of its own)
+    check = ("import sys, numpy as np; from keras_litenext.export.metadata import check_mediapipe\n"
+             "pixels = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)\n"
+             "result = check_mediapipe(sys.argv[1], pixels, 'segmentation')\n"
+             "print(result['category'].shape, result['labels'])\n")
+    out = _run([bin_dir / "python", "-c", check, files[0]], cwd=work, extras=True).stdout
+    assert out.startswith("(2, 48, 48)"), out

@@ -9,6 +9,7 @@ weighted layer when the spec maps them, and converts its deploy form (`spec.depl
 full-int8 TFLite file through `quantize_model` + `calibrate` with no float op left.
 """
 
+import json
 import os
 import textwrap
 
@@ -134,7 +135,9 @@ def jax_outputs(tmp_path_factory):
             assert np.isfinite(run(fresh, images)).all(), name
         """
     )
-    result = run_python(code)
+    # LLVM at -O0: loading compiles one random-initialiser program per weight shape (~150 here),
+    # 3x faster so; the forward pass compared is the same XLA computation
+    result = run_python(code, timeout=1500, env={"XLA_FLAGS": "--xla_backend_optimization_level=0"})
     assert result.returncode == 0, result.stderr[-3000:]
     return {name: (out, np.load(folder / f"{name}_jax.npy")) for name, out in expected.items()}
 
@@ -180,13 +183,34 @@ def test_every_weighted_layer_has_a_torch_name(case):
 _INT8_FILES = {}
 
 
+def real_pixels(side, count=4):
+    """`count` bundled nuclei images (DSB 2018, real) as `(N, side, side, 3)` uint8 RGB."""
+    import cv2
+
+    from keras_litenext.data import sample_data_dir
+
+    folder = os.path.join(sample_data_dir(), "images")
+    return np.stack([cv2.resize(cv2.imread(os.path.join(folder, f)), (side, side), interpolation=cv2.INTER_AREA)[..., ::-1]
+                     for f in sorted(os.listdir(folder))[:count]])
+
+
 def int8_file(case):
-    """The family's full-int8 file at MediaPipe's I/O (uint8 in, float32 out), converted once."""
+    """The family's full-int8 file at MediaPipe's I/O (uint8 in, float32 out), converted once
+    (a one-logit segmenter with its last bias centred on the images' median logit)."""
     from keras_litenext import litert as tflite
 
     spec, model, images, *_ = case
     if spec.name not in _INT8_FILES:
-        qat = Q.calibrate(Q.quantize_model(spec.deploy_form(model)), images, batch_size=2)  # what the converter gets
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+        deploy = spec.deploy_form(copy)
+        if int(deploy.outputs[0].shape[-1]) == 1:
+            # one logit: at initial weights it has one sign on every pixel, and a constant mask
+            # would agree with anything; the last bias is moved so that half the pixels are foreground
+            last = [layer for layer in deploy.layers if getattr(layer, "bias", None) is not None][-1]
+            logits = keras.ops.convert_to_numpy(deploy(real_pixels(images.shape[1]) / 255.0, training=False))
+            last.bias.assign(last.bias - float(np.median(logits)))
+        qat = Q.calibrate(Q.quantize_model(deploy), images, batch_size=2)  # what the converter gets
         assert Q.uncalibrated_quantizers(qat) == []
         _INT8_FILES[spec.name] = tflite.convert(qat, "int8", representative_data=(images * 255).astype(np.uint8), io="uint8_float",
                                                 int8_mode="strict")
@@ -220,10 +244,7 @@ def test_quantizes_and_converts_to_full_int8(case):
 def test_mediapipe_task_loads_the_int8_file_and_agrees_with_litert(case, tmp_path):
     """MediaPipe's own task (ImageSegmenter / ImageClassifier) on the file with its metadata, on
     real images (the bundled DSB 2018 nuclei), against our LiteRT run of the same file."""
-    import cv2
-
     from keras_litenext import litert as tflite
-    from keras_litenext.data import sample_data_dir
     from keras_litenext.export import metadata
 
     if not metadata.mediapipe_available():
@@ -237,10 +258,7 @@ def test_mediapipe_task_loads_the_int8_file_and_agrees_with_litert(case, tmp_pat
                                     spec.name, "a test file", input_dtype="uint8")
     path = tmp_path / f"{spec.name}.tflite"
     tflite.write_bytes(path, data)
-    folder = os.path.join(sample_data_dir(), "images")
-    side = images.shape[1]
-    pixels = np.stack([cv2.resize(cv2.imread(os.path.join(folder, f)), (side, side), interpolation=cv2.INTER_AREA)[..., ::-1]
-                       for f in sorted(os.listdir(folder))[:4]])
+    pixels = real_pixels(images.shape[1])
     logits = tflite.run_tflite(path, pixels)
     result = metadata.check_mediapipe(path, pixels, "classification" if classification else "segmentation")
     assert result["labels"] == metadata.output_labels(names, "classification" if classification else "segmentation", k)
@@ -248,7 +266,47 @@ def test_mediapipe_task_loads_the_int8_file_and_agrees_with_litert(case, tmp_pat
         assert np.array_equal(result["top"], np.argmax(logits, axis=-1))
     else:
         labels = np.where(logits[..., 0] > 0, 0, 255) if k == 1 else np.argmax(logits, axis=-1)  # MediaPipe's category mask
+        assert len(np.unique(labels)) > 1, "a constant mask checks nothing"
         assert np.mean(result["category"] == labels) >= 0.999
+
+
+def test_browser_runs_the_default_int8_file_as_litert_does(case, tmp_path):
+    """The family's default int8 file (XNNPACK's float-only ops as float islands) with its
+    metadata, in the web page in headless Chromium (`keras-litenext web --check`), on real
+    images: the class masks agree with LiteRT's on >= 99.5 % of pixels, a classifier's top class
+    on every image (the file `int8_file` converted, with its float islands as the export makes them)."""
+    import cv2
+
+    from keras_litenext import litert as tflite
+    from keras_litenext.export import metadata
+    from keras_litenext.web import check
+
+    if check.missing() is not None:
+        pytest.skip(check.missing())
+    spec, model, images, *_ = case
+    cpu = tflite.float_islands(int8_file(case))
+    classification = "classification" in spec.tasks
+    kind, k = ("classification" if classification else "segmentation"), int(model.outputs[0].shape[-1])
+    names = [f"class{i}" for i in range(max(k, 2))]
+    data, _ = metadata.add_metadata(cpu, names, kind, k, spec.name, "a test file", input_dtype="uint8")
+    path = tmp_path / f"{spec.name}_int8.tflite"
+    tflite.write_bytes(path, data)
+    paths = []
+    for i, rgb in enumerate(real_pixels(images.shape[1], count=3)):  # at the model's size: the page feeds them as they are
+        paths.append(tmp_path / f"image{i}.png")
+        cv2.imwrite(str(paths[-1]), rgb[..., ::-1])
+    report = check.check_page(path, paths, tmp_path / "out")
+    assert report["outside_requests"] == []
+    logits = tflite.run_tflite(path, np.stack([cv2.imread(str(p))[..., ::-1] for p in paths]))
+    if not classification:
+        assert len(np.unique((logits[..., 0] > 0) if k == 1 else np.argmax(logits, -1))) > 1, "constant masks check nothing"
+    for p, lg in zip(paths, logits):
+        if classification:
+            assert json.loads((tmp_path / "out" / f"{p.stem}_scores.json").read_text())["top"] == int(np.argmax(lg)), p.name
+            continue
+        mask = cv2.imread(str(tmp_path / "out" / f"{p.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        expected = (lg[..., 0] > 0) if k == 1 else np.argmax(lg, -1)
+        assert mask.shape == expected.shape and np.mean(mask == expected) >= 0.995, (p.name, np.mean(mask == expected))
 
 
 def test_unknown_names_are_explained():

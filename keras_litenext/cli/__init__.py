@@ -5,6 +5,7 @@
     keras-litenext predict RUN INPUT ...          masks or class scores for images (`cli.predict`)
     keras-litenext export RUN ...                 int8 / fp16 / fp32 phone files (`cli.export`)
     keras-litenext benchmark FILE.tflite ...      latency of TFLite files (`cli.benchmark`)
+    keras-litenext web RUN_OR_FILE ...            the file in a browser page (`cli.web`)
 
 `python -m keras_litenext VERB ...` is the same command; `training/fit.py`, `training/evaluate.py`,
 `training/predict.py`, `tflite/convert.py` and `tflite/benchmark.py` in a clone call the same
@@ -103,6 +104,7 @@ VERBS = {
     "predict": "predict masks or class scores for images, folders, DICOM/NIfTI files",
     "export": "write int8 / fp16 / fp32 TFLite files with their report and quality gate",
     "benchmark": "time TFLite files with LiteRT",
+    "web": "a static web page that runs a TFLite file in the browser (build, serve, check)",
 }
 
 
