@@ -34,3 +34,20 @@ def test_verbose_lets_them_through():
     assert rc == 2
     if not noise(out):  # then TensorFlow prints none on this machine at all
         assert not noise(run("-c", "import tensorflow")[1])
+
+
+def test_litert_delegate_line_stays_out_of_a_command(tmp_path):
+    """LiteRT's "Created TensorFlow Lite XNNPACK delegate for CPU." (printed when the first
+    interpreter is made, long after start-up) is caught in a command; a library user's process
+    (no command) still sees it."""
+    import shutil
+
+    from keras_litenext.presets import preset_metadata
+
+    shutil.copy(os.path.join(preset_metadata("litenext-nuclei")["path"], "tflite", "litenext_int8.tflite"), tmp_path)
+    args = ("-m", "keras_litenext", "benchmark", str(tmp_path), "--no-keras", "--threads", "1", "--runs", "1", "--rounds", "1",
+            "--warmup", "1")
+    rc, out = run(*args)
+    assert rc == 0 and "litenext_int8.tflite" in out and not noise(out), noise(out)
+    rc, out = run("-c", f"from keras_litenext.litert.runtime import TFLiteRunner; TFLiteRunner({str(tmp_path / 'litenext_int8.tflite')!r})")
+    assert rc == 0 and any("XNNPACK delegate" in line for line in noise(out)), out[-2000:]

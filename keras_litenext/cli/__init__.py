@@ -22,12 +22,8 @@ import importlib
 import os
 import sys
 
-# TensorFlow's C++ start-up lines: printed by absl before its logging is set up, so
-# TF_CPP_MIN_LOG_LEVEL alone does not hold them back
-NOISE = ("All log messages before absl::InitializeLog()", "cudart_stub.cc", "cpu_feature_guard.cc",
-         "rebuild TensorFlow with the appropriate compiler flags", "failed call to cuInit", "cuda_executor.cc",
-         "Unable to register cuDNN factory", "Unable to register cuFFT factory", "Unable to register cuBLAS factory",
-         "computation placer already registered", "oneDNN custom operations are on")
+from keras_litenext.notes import NOISE, filtered_stderr, quiet_native  # noqa: F401  (NOISE: tests read it here)
+
 COMMAND_MARK = "__keras_litenext_command__"  # set in a script's globals (training/*.py, tflite/*.py): it is the command
 
 
@@ -57,7 +53,8 @@ def quiet_start(force=False):
         return False
     for name, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GRPC_VERBOSITY", "ERROR"), ("GLOG_minloglevel", "3")):
         os.environ.setdefault(name, value)
-    with _filtered_stderr():
+    quiet_native(True)  # LiteRT's own start-up line (its XNNPACK delegate) is caught where it is made
+    with filtered_stderr():
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")
@@ -67,36 +64,6 @@ def quiet_start(force=False):
         tf.config.list_physical_devices()  # the driver probe (cuInit) logs here
     return True
 
-
-class _filtered_stderr:
-    """Catches file descriptor 2 (C++ writes) in a temporary file; on exit writes the lines that are
-    not start-up noise back to the real stderr."""
-
-    def __enter__(self):
-        import tempfile
-
-        sys.stderr.flush()
-        try:
-            self.saved, self.file = os.dup(2), tempfile.TemporaryFile()
-            os.dup2(self.file.fileno(), 2)
-        except OSError:  # no file descriptor 2 to catch (a closed stderr): nothing to filter
-            self.saved = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.saved is None:
-            return False
-        sys.stderr.flush()
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        self.file.seek(0)
-        lines = self.file.read().decode("utf-8", "replace").splitlines(keepends=True)
-        self.file.close()
-        kept = "".join(line for line in lines if not any(n in line for n in NOISE))
-        if kept:
-            sys.stderr.write(kept)
-            sys.stderr.flush()
-        return False
 
 VERBS = {
     "fit": "train a model on a folder of images (and masks)",

@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from keras_litenext.data.intensity import to_float
+from keras_litenext.notes import native_quiet
 
 
 def _interpreter(model, num_threads=1, xnnpack=False):
@@ -13,14 +14,12 @@ def _interpreter(model, num_threads=1, xnnpack=False):
     kwargs = {"num_threads": num_threads}
     if not xnnpack:
         kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    if isinstance(model, (bytes, bytearray)):
-        interpreter = Interpreter(model_content=bytes(model), **kwargs)
-    else:
-        path = os.fspath(model)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} does not exist or is not a file.")
-        interpreter = Interpreter(model_path=path, **kwargs)
-    interpreter.allocate_tensors()
+    source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": os.fspath(model)}
+    if "model_path" in source and not os.path.isfile(source["model_path"]):
+        raise FileNotFoundError(f"{source['model_path']} does not exist or is not a file.")
+    with native_quiet():  # "Created TensorFlow Lite XNNPACK delegate for CPU." in a command's output
+        interpreter = Interpreter(**source, **kwargs)
+        interpreter.allocate_tensors()
     return interpreter
 
 
