@@ -151,5 +151,6 @@ def _next_steps(report):
     path = os.path.join(report["output"], int8)
     print(f"The phone file is {path} (its contract beside it: {os.path.splitext(int8)[0]}.json). On a phone, load it with "
           f"MediaPipe Tasks' ImageSegmenter / ImageClassifier or the LiteRT Interpreter (docs/android.md). Next here: "
-          f"keras-litenext benchmark {shlex.quote(path)} (its speed), or in Python keras_litenext.litert.run_tflite(path, images).")
+          f"keras-litenext benchmark {shlex.quote(report['output'])} (the files' speed), keras-litenext web {shlex.quote(path)} --serve "
+          f"(in a browser), or in Python keras_litenext.litert.run_tflite(path, images).")
 

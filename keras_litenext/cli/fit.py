@@ -29,6 +29,12 @@ split by volume. --intensity chooses how the stored values become the network's 
 
     python training/fit.py --data ct_nifti --channels 1 --intensity window:-1000,400 --empty-slices 0.2
 
+Several processes, on one host or several (JAX: KERAS_BACKEND=jax), train one run together;
+start the same command on each, with its own --process-id (process 0 writes the run folder):
+
+    KERAS_BACKEND=jax python training/fit.py --data DATA --output runs/r \
+        --coordinator-address 10.0.0.1:12355 --num-processes 2 --process-id 0
+
 Everything a run writes goes into one folder (--output): best.keras (best validation Dice;
 classification: best validation AUC), history.csv, TensorBoard logs/, curves.png, metrics.json
 (test split), test_overlays.png (classification: confusion_matrix.png, test_predictions.csv),
@@ -47,6 +53,9 @@ from keras_litenext.models.registry import resolve_model_name
 from keras_litenext.runs import SETTING_TYPES as T
 from keras_litenext.runs import RunError, TrainConfig
 from keras_litenext.train import NonFiniteLossError, train
+from keras_litenext.train.distributed import GroupError, join, launch_from
+
+LAUNCH = ("coordinator_address", "num_processes", "process_id")  # where the process stands, not settings of the run
 
 
 def model_name(text):
@@ -129,6 +138,10 @@ def build_parser():
                    "match the run's config.json")
     g.add_argument("--config", type=cli.existing_file, help="JSON file of settings (keys as the flags, with underscores); flags given override it")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("several processes or hosts (JAX; also the KERAS_DISTRIBUTION_* variables)")
+    g.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address, the same on every process")
+    g.add_argument("--num-processes", type=cli.positive_int, metavar="N", help="processes in the group; --batch-size is their global batch")
+    g.add_argument("--process-id", type=cli.nonnegative_int, metavar="I", help="this process, 0 to N-1; process 0 writes the run folder")
     g.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up and C++ log lines")
     return p
 
@@ -140,21 +153,40 @@ def main(argv=None):
     `TrainConfig`; `train` checks it once and, with `--resume`, merges it with the run's own."""
     p = build_parser()
     args = p.parse_args(argv)
+    group = None
     try:
         config = TrainConfig.read(args.config, flag="--config") if args.config else TrainConfig()
-        config = config.merged({k: v for k, v in vars(args).items() if k not in ("config", "quiet", "verbose") and v != p.get_default(k)})
+        config = config.merged({k: v for k, v in vars(args).items()
+                                if k not in ("config", "quiet", "verbose", *LAUNCH) and v != p.get_default(k)})
         if "verbose" not in config.stated:
             config.verbose = 2 if args.quiet else "auto"
-        summary = train(config, given=config.stated - {"verbose"})
+        group = join(launch_from(args.coordinator_address, args.num_processes, args.process_id), quiet=not args.verbose)
+        summary = train(config, given=config.stated - {"verbose"}, group=group)
+    except GroupError as err:
+        return _ended(group, f"error: {err}", 1)
     except (DatasetError, NonFiniteLossError, RunError, OSError, ValueError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _ended(group, f"error: {err}", 1)
     except KeyboardInterrupt:
-        print("interrupted: the run folder keeps its last finished epoch; continue it with --output RUN --resume", file=sys.stderr)
-        return 130
+        return _ended(group, "interrupted: the run folder keeps its last finished epoch; continue it with --output RUN --resume", 130)
+    except Exception as err:
+        if group is None:
+            raise
+        text = str(err).strip().splitlines()
+        return _ended(group, f"error: {type(err).__name__}: {text[0] if text else ''}", 1)  # the others see a collective fail
+    if group is not None and not group.is_chief:
+        return 0
     run = (summary or {}).get("output") or config.output
     if run:
         q = shlex.quote(str(run))
         print(f"The run is in {run} (best.keras, metrics.json, model_card.md). Next: keras-litenext evaluate {q}, "
               f"or keras-litenext export {q} for the phone files.")
     return 0
+
+
+def _ended(group, line, code):
+    """Say why the command ended; a process of a group also ends at once (`Group.stop`): its peers
+    cannot finish a collective with it, and the runtime's own exit would wait for them."""
+    if group is None:
+        print(line, file=sys.stderr)
+        return code
+    group.stop(line, code)

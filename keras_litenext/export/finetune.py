@@ -5,7 +5,6 @@ or run folders; this module fine-tunes a QAT model with a task's loss, metrics a
 pipeline (`qat_finetune`) and does it for a training run (`finetune_run`).
 """
 
-import contextlib
 import dataclasses
 import math
 
@@ -13,6 +12,7 @@ import keras
 import numpy as np
 
 from keras_litenext.data.intensity import to_float
+from keras_litenext.train.callbacks import build_optimizer
 from keras_litenext.quantization import (
     calibrate,
     choose_rsqrt_quantile,
@@ -123,7 +123,7 @@ def qat_finetune(
     qat.qat_history, qat.qat_best_epoch, qat.qat_start_score = None, 0, None
     if not epochs:
         return qat
-    _build_optimizer(qat)
+    build_optimizer(qat)
     callbacks = [keras.callbacks.TerminateOnNaN(), _TieRanges(), *callbacks]
     keeper = None
     if val_ds is not None:
@@ -144,19 +144,6 @@ def qat_finetune(
     qat.qat_best_epoch = keeper.best_epoch if keeper is not None else int(epochs)
     tie_ranges(qat)  # the last epoch's moving averages, when no validation tied them
     return qat
-
-
-def _build_optimizer(model):
-    """Create the optimizer's slots now, eagerly. Without a distribution strategy Keras's
-    TensorFlow `fit` leaves that to the first trace of the training step, and a `tf.function`
-    that creates variables on its first trace traces again: the QAT training step (every
-    quantizer and its gradient) was traced twice, ~40 % of a short fine-tuning on a CPU.
-    The same variables, zeros as Keras initialises them: the fine-tuning is unchanged."""
-    if model.optimizer is None or model.optimizer.built:
-        return
-    strategy = getattr(model, "distribute_strategy", None)  # the TensorFlow trainer's
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model.optimizer.build(model.trainable_variables)
 
 
 def _cardinality(ds):

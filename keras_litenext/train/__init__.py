@@ -20,7 +20,8 @@ probabilities of every test image).
 
 The stages, one module each: `callbacks` (the NaN guard, the best-model checkpoint, `RunBackup`,
 the run-folder guard), `resume` (a new or resumed run folder made ready, what a killed run left),
-`loop` (`train`, `build_datasets`, `task_loss`), `finish` (`finish_run`, `model_card`). What
+`loop` (`train`, `build_datasets`, `task_loss`), `finish` (`finish_run`, `model_card`), `distributed`
+(several processes or hosts on JAX's distributed runtime: `join`, `Group`). What
 differs between segmentation and classification is asked of the task (`keras_litenext.tasks`).
 `keras-litenext fit` (`keras_litenext.cli.fit`) is the command-line face of `TrainConfig` and
 `train`.

@@ -27,7 +27,8 @@ from keras_litenext.runs import (
 from keras_litenext.train.callbacks import BestModelCheckpoint, RunBackup
 from keras_litenext.utils import atomic_path, ensure_writable, remove_temporaries
 
-__all__ = ["RESUMABLE", "best_row", "discard_failed_start", "history_until", "kept_state", "prepare_run_folder", "restore_state"]
+__all__ = ["RESUMABLE", "best_row", "discard_failed_start", "history_until", "kept_state", "prepare_run_folder", "restore_state",
+           "resumed_lr"]
 
 SAMPLE_IMAGE_SIZE = 96
 SAMPLE_EPOCHS = 40  # the bundled sample trains in a few minutes on 2 CPU cores
@@ -217,14 +218,15 @@ def best_row(rows, monitor, mode):
     return best
 
 
-def restore_state(run, fit_model, checkpoint, backup):
+def restore_state(run, fit_model, checkpoint, backup, done=None):
     """Continue a resumed run where its backup ends: the training state loaded into `fit_model`,
     `history.csv` cut to the epochs it holds, `checkpoint` given the best score so far (and
-    `best.keras` repaired when a kill interrupted its save). Returns the epochs done."""
+    `best.keras` repaired when a kill interrupted its save). Returns the epochs done. With
+    `done`, the state is loaded already (a group's, `distributed.Group.restore`)."""
     config, task = run.config, run.task
-    done = backup.restore(fit_model)
-    if config.schedule == "plateau" and "lr" in getattr(run, "changes", {}):
-        fit_model.optimizer.learning_rate = config.lr  # else the restored optimizer keeps the old one
+    if done is None:
+        done = backup.restore(fit_model)
+        resumed_lr(run, fit_model)
     rows = history_until(run.file(HISTORY), done)
     best = best_row(rows, task.monitor, task.monitor_mode)
     best_path = run.file(BEST)
@@ -239,6 +241,12 @@ def restore_state(run, fit_model, checkpoint, backup):
     if done:
         print(f"Resuming {config.output} after epoch {done} of {config.epochs}")
     return done
+
+
+def resumed_lr(run, fit_model):
+    """A plateau run resumed with another --lr takes it (the restored optimizer keeps the old one)."""
+    if run.config.schedule == "plateau" and "lr" in getattr(run, "changes", {}):
+        fit_model.optimizer.learning_rate = run.config.lr
 
 
 def kept_state(out):
