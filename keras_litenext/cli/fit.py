@@ -32,7 +32,7 @@ split by volume. --intensity chooses how the stored values become the network's 
 Several processes, on one host or several (JAX: KERAS_BACKEND=jax), train one run together;
 start the same command on each, with its own --process-id (process 0 writes the run folder):
 
-    KERAS_BACKEND=jax python training/fit.py --data DATA --output runs/r \
+    KERAS_BACKEND=jax python training/fit.py --data DATA --output runs/r \\
         --coordinator-address 10.0.0.1:12355 --num-processes 2 --process-id 0
 
 Everything a run writes goes into one folder (--output): best.keras (best validation Dice;
@@ -138,11 +138,11 @@ def build_parser():
                    "match the run's config.json")
     g.add_argument("--config", type=cli.existing_file, help="JSON file of settings (keys as the flags, with underscores); flags given override it")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up and C++ log lines")
     g = p.add_argument_group("several processes or hosts (JAX; also the KERAS_DISTRIBUTION_* variables)")
     g.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address, the same on every process")
     g.add_argument("--num-processes", type=cli.positive_int, metavar="N", help="processes in the group; --batch-size is their global batch")
     g.add_argument("--process-id", type=cli.nonnegative_int, metavar="I", help="this process, 0 to N-1; process 0 writes the run folder")
-    g.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up and C++ log lines")
     return p
 
 

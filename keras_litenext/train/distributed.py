@@ -42,9 +42,10 @@ FLAGS = {"coordinator": "--coordinator-address", "count": "--num-processes", "in
 PEER_TIMEOUT_ENV = "KERAS_LITENEXT_PEER_TIMEOUT"
 PEER_TIMEOUT_S = 60  # a process silent this long is taken for dead (the runtime's heartbeat timeout)
 JOIN_TIMEOUT_S = 300  # how long the processes wait for each other at the start
-# What a collective says when its peer is gone (gloo on CPU, NCCL/gRPC on GPU)
+# The callback hooks `Group.chief_callbacks` forwards
 _HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end",
           "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end")
+# What a collective says when its peer is gone (gloo on CPU, NCCL/gRPC on GPU)
 _LOST = ("gloo", "connection reset", "connection closed", "connection refused", "broken pipe", "socket closed",
          "coordination service", "heartbeat", "unavailable:", "nccl")
 
@@ -191,8 +192,9 @@ class Group:
 
     @staticmethod
     def is_lost(err):
+        """Whether `err` says that a peer (or the coordinator) is gone."""
         text = f"{type(err).__name__}: {err}".lower()
-        return isinstance(err, GroupError) or any(word in text for word in _LOST)
+        return any(word in text for word in _LOST)
 
     # -- what the chief sends ----------------------------------------------------------------
     def share_run(self, run, train_size, batch_size):
@@ -292,7 +294,8 @@ class Group:
                              "lower --batch-size")
 
     def check_data(self, arrays):
-        """Every process read the same training and validation data (else one line naming them)."""
+        """Every process read the same training and validation data (else a `ValueError` naming
+        them, on every process)."""
         from jax.experimental import multihost_utils
 
         digest = hashlib.blake2b(digest_size=8)
@@ -303,7 +306,7 @@ class Group:
         every = np.asarray(multihost_utils.process_allgather(np.frombuffer(digest.digest(), np.uint32)))
         differ = [i for i in range(self.count) if not np.array_equal(every[i], every[0])]
         if differ:
-            raise GroupError(f"process(es) {', '.join(map(str, differ))} read other training data than process 0: every "
+            raise ValueError(f"process(es) {', '.join(map(str, differ))} read other training data than process 0: every "
                              "process needs the same dataset (pass --data where it lies on that host)")
 
     # -- input pipelines ---------------------------------------------------------------------
