@@ -31,7 +31,7 @@ pytest.importorskip("jax")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_RTOL = 1e-5
-STOP_WITHIN_S = 90  # a survivor's end after its peer is killed (seconds, with the start of the next step)
+HANG_S = 90  # a survivor still running this long after its peer is killed hangs (a hang guard, not a speed goal)
 EPOCHS = 4  # the group is killed after epoch 2: the 2 left leave time for the kill to land mid-run
 
 
@@ -145,9 +145,7 @@ def test_two_processes_train_as_one_stop_together_and_resume(setup):
         time.sleep(0.05)
     assert all(p.poll() is None for p in procs), "the group ended before it could be killed:\n" + procs[0].stderr.read()[-3000:]
     procs[1].send_signal(signal.SIGKILL)
-    killed = time.time()
-    (code, out, err), _ = finish(procs, timeout=STOP_WITHIN_S)
-    assert time.time() - killed < STOP_WITHIN_S
+    (code, out, err), _ = finish(procs, timeout=HANG_S)  # raises TimeoutExpired if the survivor hangs
     errors = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(errors) == 1, err[-3000:]
     assert errors[0].startswith("error: another process of the group stopped, so process 0 of 2 stops too") and "--resume" in errors[0]
