@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from keras_litenext.cli import NOISE
+from keras_litenext.notes import NOISE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

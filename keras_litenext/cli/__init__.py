@@ -22,7 +22,7 @@ import importlib
 import os
 import sys
 
-from keras_litenext.notes import NOISE, filtered_stderr, quiet_native  # noqa: F401  (NOISE: tests read it here)
+from keras_litenext.notes import filtered_stderr, quiet_native
 
 COMMAND_MARK = "__keras_litenext_command__"  # set in a script's globals (training/*.py, tflite/*.py): it is the command
 
