@@ -24,6 +24,7 @@ from keras_litenext.runs.checks import (  # noqa: F401  (the value types, shared
     file_name,
     float_range,
     floats,
+    host_port,
     int_range,
     nonnegative_float,
     nonnegative_int,
@@ -35,7 +36,7 @@ from keras_litenext.runs.checks import (  # noqa: F401  (the value types, shared
 )
 
 __all__ = [
-    "ArgumentParser", "check", "existing_dir", "existing_file", "existing_path", "file_name", "float_range", "floats", "int_range",
+    "ArgumentParser", "check", "existing_dir", "existing_file", "existing_path", "file_name", "float_range", "floats", "host_port", "int_range",
     "names", "nonnegative_float", "nonnegative_int", "one_line", "open_fraction", "output_path", "positive_float",
     "positive_int", "suffix",
 ]

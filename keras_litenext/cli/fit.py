@@ -140,7 +140,7 @@ def build_parser():
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up and C++ log lines")
     g = p.add_argument_group("several processes or hosts (JAX; also the KERAS_DISTRIBUTION_* variables)")
-    g.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address, the same on every process")
+    g.add_argument("--coordinator-address", type=cli.host_port, metavar="HOST:PORT", help="process 0's address, the same on every process")
     g.add_argument("--num-processes", type=cli.positive_int, metavar="N", help="processes in the group; --batch-size is their global batch")
     g.add_argument("--process-id", type=cli.nonnegative_int, metavar="I", help="this process, 0 to N-1; process 0 writes the run folder")
     return p

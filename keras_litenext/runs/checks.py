@@ -12,7 +12,7 @@ import math
 import os
 
 __all__ = [
-    "check", "file_name", "float_range", "floats", "int_range", "nonnegative_float", "nonnegative_int", "one_line",
+    "check", "file_name", "float_range", "floats", "host_port", "int_range", "nonnegative_float", "nonnegative_int", "one_line",
     "open_fraction", "positive_float", "positive_int", "suffix",
 ]
 
@@ -138,6 +138,20 @@ class suffix(_Type):
         return value
 
 
+class _HostPort(_Type):
+    """`HOST:PORT` (a host name or address, a port 1-65535); IPv6 in brackets, `[::1]:12355`."""
+
+    kind = "host_port"
+    describe = "HOST:PORT with a port from 1 to 65535, e.g. 10.0.0.1:12355"
+
+    def convert(self, value):
+        host, _, port = str(value).strip().rpartition(":")
+        if not host or any(c.isspace() for c in host) or not port.isdigit() or not 0 < int(port) < 65536:
+            self.fail(value)
+        return f"{host}:{int(port)}"
+
+
+host_port = _HostPort()
 positive_int = int_range(1)
 nonnegative_int = int_range(0)
 positive_float = float_range(0.0, low_open=True)

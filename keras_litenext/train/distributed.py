@@ -21,6 +21,7 @@ elsewhere (at once when the coordinator is gone, else after the peer timeout), w
 shows as one line (`_filter_stderr`).
 """
 
+import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -32,6 +33,7 @@ import tempfile
 import numpy as np
 
 from keras_litenext.runs import Run, TrainConfig
+from keras_litenext.runs.checks import host_port
 
 __all__ = ["ENV", "Group", "GroupError", "Launch", "join", "launch_from"]
 
@@ -89,10 +91,10 @@ def launch_from(coordinator=None, count=None, index=None, environ=None):
     if missing:
         raise ValueError("training in several processes needs --coordinator-address HOST:PORT, --num-processes N and "
                          f"--process-id I on every process; missing: {', '.join(missing)}")
-    address = str(given["coordinator"]).split(",")[0].strip()
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{source['coordinator']} {given['coordinator']!r}: must be HOST:PORT of process 0, e.g. 10.0.0.1:12355")
+    try:
+        address = host_port(str(given["coordinator"]).split(",")[0])
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"{source['coordinator']}: {e} (process 0's address)") from None
     count, index = given["count"], given["index"]
     if not isinstance(count, int) or count < 1:
         raise ValueError(f"{source['count']} {count!r}: must be a whole number >= 1")
