@@ -43,8 +43,13 @@ setup(
         "dicom": ["pydicom>=3,<4"],
         "nifti": ["nibabel>=5,<6"],
         "medical": ["pydicom>=3,<4", "nibabel>=5,<6"],
+        # keras-litenext predict --runner: the Apache Beam pipeline (keras_litenext.inference.beam, docs/beam.md);
+        # gcp: Dataflow and gs://. 2.78.0 is the newest Beam; it needs protobuf < 7 (TensorFlow 2.21 takes
+        # 6.31.1 up to 8) and pulls pyarrow (--format parquet)
+        "beam": ["apache-beam[gcp]==2.78.0"],
         "test": ["pytest>=8", "pytest-xdist>=3", "build>=1", "jax>=0.4.30", "hypothesis>=6", "scikit-learn>=1.3",
-                 "pydicom>=3,<4", "nibabel>=5,<6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26", "playwright==1.65.3"],
+                 "pydicom>=3,<4", "nibabel>=5,<6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26", "playwright==1.65.3",
+                 "apache-beam==2.78.0"],
         # the documentation site (mkdocs.yml, docs/; tests/test_docs.py builds it)
         "docs": ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
         "dev": ["pytest>=8", "jax>=0.4.30", "ruff", "hypothesis>=6", "pydicom>=3,<4", "nibabel>=5,<6"],

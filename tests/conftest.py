@@ -45,7 +45,7 @@ def pytest_configure(config):
 FILE_SECONDS = {"test_training.py": 1006, "test_export.py": 878, "test_model_contract.py": 811, "test_mednext.py": 571,
                 "test_install.py": 570, "test_quantization.py": 569, "test_lvunet.py": 382, "test_litenext.py": 287,
                 "test_batch.py": 240, "test_medical.py": 202, "test_docs.py": 188, "test_distributed.py": 180,
-                "test_web.py": 120}
+                "test_web.py": 120, "test_beam.py": 80}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -148,7 +148,7 @@ def test_mixed_real_dicoms_all_labelled_and_the_broken_listed(tmp_path, grey_run
     assert sorted(failed) == sorted(broken)
     assert failed["MR_truncated.dcm"]["stage"] == "read" and "truncated" in failed["MR_truncated.dcm"]["reason"]
     assert "no pixel data" in failed["rtstruct.dcm"]["reason"]
-    assert sorted(os.listdir(out)) == sorted([f"{os.path.splitext(n)[0]}_labels.dcm" for n in images] + ["failures.csv"])
+    assert sorted(os.listdir(out)) == sorted([f"{os.path.splitext(n)[0]}_labels.dcm" for n in images] + ["failures.csv", "predictions.csv"])
     for name in broken:
         assert name in captured.err
     assert "Traceback" not in captured.err

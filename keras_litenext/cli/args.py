@@ -37,7 +37,7 @@ from keras_litenext.runs.checks import (  # noqa: F401  (the value types, shared
 
 __all__ = [
     "ArgumentParser", "check", "existing_dir", "existing_file", "existing_path", "file_name", "float_range", "floats", "host_port", "int_range",
-    "names", "nonnegative_float", "nonnegative_int", "one_line", "open_fraction", "output_path", "positive_float",
+    "location", "names", "nonnegative_float", "nonnegative_int", "one_line", "open_fraction", "output_path", "positive_float",
     "positive_int", "suffix",
 ]
 
@@ -81,6 +81,21 @@ class _Path(_Type):
         return value
 
 
+class _Location(_Type):
+    """A path, file pattern or URL of any Apache Beam file system (`gs://bucket/scans/**/*.dcm`):
+    not empty, one line; it need not exist here (the pipeline's workers read it)."""
+
+    kind = "location"
+    describe = "a path, file pattern or URL (gs://...)"
+
+    def convert(self, value):
+        value = os.fspath(value)
+        if not value.strip() or any(c in value for c in "\0\n\r"):
+            self.fail(value)
+        return value
+
+
+location = _Location()
 existing_path = _Path("an existing file or folder", os.path.exists)
 existing_file = _Path("an existing file", os.path.isfile)
 existing_dir = _Path("an existing folder", os.path.isdir)

@@ -37,9 +37,25 @@ OUT/failures.csv (item,stage,reason), and the exit status is 1. A progress bar (
 left) is shown on a terminal unless --quiet. --nonfinite (DICOM/NIfTI): NaN/inf in an image
 volume become its lowest finite value with a note (minimum, the run's default) or fail the file
 (error).
+
+A segmentation also writes OUT/predictions.csv (--format parquet: .parquet), one row per image
+written: its size, per class its pixels, its area in mm² (a 2-D image of known spacing) or volume
+in ml (a volume), and the model file's sha256; the rows of other images that earlier runs wrote
+into OUT are kept.
+
+Archive scale: with --runner the same work runs as an Apache Beam pipeline (pip install
+"keras-litenext[beam]"; docs/beam.md). INPUT is then a file pattern on any Beam file system, MODEL
+may also be a .tflite file (run by LiteRT), and the options the command does not know are the
+runner's own (give them as --name=value):
+
+    keras-litenext predict runs/my-run 'scans/*.png' --output out/ --runner DirectRunner \
+        --direct_num_workers=2 --direct_running_mode=multi_processing
+    keras-litenext predict gs://b/run 'gs://b/archive/**/*.dcm' --output gs://b/labels/ --runner DataflowRunner \
+        --project=my-project --region=europe-west1 --temp_location=gs://b/tmp
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -47,8 +63,10 @@ from keras_litenext.cli import args as cli
 from keras_litenext.data import DatasetError
 from keras_litenext.inference import MODES, predict_folder
 from keras_litenext.inference.batch import FAILURES_CSV, Progress
+from keras_litenext.inference.rows import ROWS_FORMATS, model_sha256
 from keras_litenext.presets import PresetError, list_presets, open_preset, preset_path
 from keras_litenext.runs import RunError
+from keras_litenext.runs.checks import one_line
 
 
 def preset(value):
@@ -59,11 +77,13 @@ def preset(value):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def build_parser():
+def build_parser(pipeline=False):
+    """The flags; `pipeline` (--runner given): MODEL and INPUT are locations on any Beam file system."""
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=cli.existing_path, nargs="?",
-                   help="run folder of training/fit.py, or a .keras file (not with --preset)")
-    p.add_argument("images", type=cli.existing_path, nargs="?", help="an image file, or a folder of images")
+    where = cli.location if pipeline else cli.existing_path
+    p.add_argument("model", type=where, nargs="?",
+                   help="run folder of training/fit.py, or a .keras file (with --runner: or a .tflite file) (not with --preset)")
+    p.add_argument("images", type=where, nargs="?", help="an image file, or a folder of images (with --runner: a file pattern)")
     p.add_argument("--preset", type=preset, help="a preset's name or folder in place of MODEL (bundled: %s)" % (", ".join(list_presets()) or "none"))
     p.add_argument("--output", type=cli.output_path, default="predictions", help="folder for the results (default: %(default)s)")
     p.add_argument("--mode", default="resize", choices=MODES, help="how to handle other sizes (default: %(default)s)")
@@ -77,38 +97,95 @@ def build_parser():
                    help="DICOM/NIfTI: NaN/inf become the volume's lowest finite value with a note (minimum), or the file fails "
                    "(error) (default: the run's setting, else minimum)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it is shown only on a terminal)")
+    p.add_argument("--format", default="csv", choices=ROWS_FORMATS, help="the rows file: predictions.csv or .parquet (default: %(default)s)")
+    p.add_argument("--runner", choices=RUNNERS,
+                   help="run as an Apache Beam pipeline on this runner; other unknown options are the runner's (docs/beam.md)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=8,
+                   help="with --runner: the most images in one RunInference batch (default: %(default)s)")
     return p
+
+
+RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")  # the runners docs/beam.md shows
+
+
+def _runner_given(argv):
+    return any(a == "--runner" or a.startswith("--runner=") for a in argv)
 
 
 def main(argv=None):
     """`keras-litenext predict ...`: returns the exit status: 0, or 1 after a one-line error or when
     any file failed (the others are all written; the failed ones are listed and in failures.csv)."""
-    p = build_parser()
-    args = p.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pipeline = _runner_given(argv)
+    p = build_parser(pipeline)
+    args, extra = p.parse_known_args(argv) if pipeline else (p.parse_args(argv), [])
     if args.preset is not None and args.images is None:
         args.model, args.images = None, args.model
     if args.preset is not None and args.model is not None:
         p.error("give either MODEL or --preset, not both")
     if args.images is None:
         p.error("the following arguments are required: " + ("images" if args.model or args.preset else "model, images"))
+    if args.format == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        print('error: --format parquet needs pyarrow: pip install "keras-litenext[beam]"', file=sys.stderr)
+        return 1
+    if pipeline:
+        unknown = [a for a in extra if not a.startswith("--")]
+        if unknown:
+            p.error(f"unrecognized arguments: {' '.join(unknown)} (give the runner's options as --name=value)")
+        return run_pipeline(args, extra)
     try:
         source = args.model if args.preset is None else open_preset(args.preset)
         progress = Progress(1, quiet=args.quiet)  # predict_folder sets the count
         result = predict_folder(source, args.images, args.output, mode=args.mode, overlap=args.overlap, tta=args.tta,
                                 threshold=args.threshold, overwrite=args.overwrite, nonfinite=args.nonfinite,
-                                progress=progress)
+                                progress=progress, rows_format=args.format, model_digest=model_sha256(args.model or args.preset))
     except (DatasetError, OSError, RunError, PresetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return report(result)
 
 
-def report(result):
-    """Print the failures (one line each), the summary line and the next command; the exit status."""
+def run_pipeline(args, beam_args):
+    """`predict ... --runner R [runner options]`: the Beam pipeline (`inference.beam`); the exit status."""
+    if importlib.util.find_spec("apache_beam") is None:
+        print("error: --runner needs Apache Beam: pip install \"keras-litenext[beam]\"", file=sys.stderr)
+        return 1
+    import logging
+
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)  # Beam's INFO and WARNING lines (workers log their own)
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from keras_litenext.inference import beam as beam_lib
+    from keras_litenext.inference.beam_handlers import ModelSource, PredictOptions
+    from keras_litenext.presets import BUNDLED
+
+    if args.preset is not None:  # a bundled preset by its name: the workers have the package, not this folder
+        bundled = os.path.dirname(os.path.abspath(args.preset)) == os.path.abspath(BUNDLED)
+        source = ModelSource(os.path.basename(args.preset) if bundled else args.preset, preset=True)
+    else:
+        source = ModelSource(args.model)
+    options = PredictOptions(args.mode, args.overlap, args.tta, args.threshold, args.nonfinite, args.batch_size)
+    try:
+        result = beam_lib.run(source, args.images, args.output, options, fmt=args.format, overwrite=args.overwrite,
+                              pipeline_options=PipelineOptions([f"--runner={args.runner}", *beam_args]))
+    except Exception as err:  # noqa: BLE001  (the model, the pattern, the runner: one line, never a traceback)
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 1
+    return report(result, written=result.files_written or 0)
+
+
+def report(result, written=None):
+    """Print the failures (one line each), the summary line and the next command; the exit status.
+    `written`: the count of files written, when `result.written` does not list them (a pipeline)."""
     for failure in result.failures:
         print(f"failed: {failure.line()}", file=sys.stderr)
     failed = f", {len(result.failures)} failed (listed in {os.path.join(result.output, FAILURES_CSV)})" if result.failures else ""
-    print(f"{result.done} file(s) predicted, {len(result.written)} file(s) written to {result.output}{failed}")
+    count = len(result.written) if written is None else written + len(result.written)
+    print(f"{result.done} file(s) predicted, {count} file(s) written to {result.output}{failed}")
+    if written is not None:
+        if result.written:
+            print(f"next: the rows are in {result.written[0]}; the masks and label files beside it")
+        return 1 if result.failures else 0
     masks = [p for p in result.written if p.endswith("_mask.png")]
     if masks:
         print(f"next: open {result.output}/*_overlay.png to view them; load a mask with cv2.imread({masks[0]!r}, 0)")

@@ -75,7 +75,20 @@ class ClassificationTask(Task):
 
     # -- evaluation and prediction
     any_size = False  # every image is resized to the training size, as in training
+    writes_label_files = False  # a prediction is a row of `prediction_csv` only
     prediction_csv = "predictions.csv"  # a prediction is one row per image: file, predicted, a probability per class
+    prediction_key = "file"  # the rows' first column: the path relative to the folder predicted
+
+    def prediction_fields(self):
+        """`[(column, type)]` of a per-image prediction row after its key (`inference.rows`): the
+        arg-max class, then one probability (softmax) per class name."""
+        return [("predicted", str)] + [(str(n), float) for n in self.class_names]
+
+    def prediction_values(self, probabilities, spacing=None, model_sha256=None):
+        """The values of `prediction_fields` for one image's class probabilities `(K,)` (a pixel
+        size and the model's digest mean nothing to this row: the CSV keeps its columns)."""
+        p = np.asarray(probabilities, np.float64).reshape(-1)
+        return {"predicted": self.class_names[int(p.argmax())], **{str(n): float(v) for n, v in zip(self.class_names, p)}}
 
     def evaluation_lines(self, results):
         """What an evaluation reports: accuracy, balanced accuracy, macro AUC, the recall per class,

@@ -26,7 +26,38 @@ class SegmentationTask(Task):
 
     # -- evaluation and prediction
     any_size = True  # predicted and scored at each image's own size (`predict_image` modes)
-    prediction_csv = None  # a prediction is written per image: <stem>_mask.png and <stem>_overlay.png
+    writes_label_files = True  # a prediction is written per image: <stem>_mask.png and <stem>_overlay.png (or a label file)
+    prediction_csv = "predictions.csv"  # and one row per image (`inference.rows`): the area of each class
+    prediction_key = "image"  # the rows' first column: the image's path
+
+    def prediction_fields(self):
+        """`[(column, type)]` of a per-image prediction row after its key (`inference.rows`): the size,
+        then per class (background included) its pixels (voxels of a volume), its area in mm² (a 2-D
+        image whose pixel spacing is known) and its volume in ml (a volume whose voxel size is known),
+        then the model file's sha256."""
+        slugs = [_slug(n) for n in self.class_names]
+        return ([("width", int), ("height", int), ("slices", int)] + [(f"pixels_{s}", int) for s in slugs]
+                + [(f"mm2_{s}", float) for s in slugs] + [(f"ml_{s}", float) for s in slugs] + [("model_sha256", str)])
+
+    def prediction_values(self, labels, spacing=None, model_sha256=None):
+        """The values of `prediction_fields` for a label map `(H, W)` or label slices `(S, H, W)`;
+        `spacing`: `(dy, dx, dz)` in mm (`dz` may be None) or None; the areas in mm² and volumes in
+        ml are None where the spacing does not give them."""
+        volume = np.asarray(labels)
+        volume = volume[None] if volume.ndim == 2 else volume
+        count, height, width = volume.shape
+        pixels = np.bincount(volume.ravel().astype(np.int64), minlength=self.num_classes)[: self.num_classes]
+        dy, dx, dz = spacing if spacing is not None else (None, None, None)
+        area = float(dy) * float(dx) if dy and dx else None
+        mm2 = area if area and count == 1 else None
+        ml = area * float(dz) / 1000.0 if area and dz and count > 1 else None
+        values = {"width": int(width), "height": int(height), "slices": int(count)}
+        slugs = [_slug(n) for n in self.class_names]
+        values.update({f"pixels_{s}": int(n) for s, n in zip(slugs, pixels)})
+        values.update({f"mm2_{s}": None if mm2 is None else round(int(n) * mm2, 6) for s, n in zip(slugs, pixels)})
+        values.update({f"ml_{s}": None if ml is None else round(int(n) * ml, 6) for s, n in zip(slugs, pixels)})
+        values["model_sha256"] = model_sha256 or ""
+        return values
 
     def evaluate(self, model, data, **kwargs):
         """`metrics.evaluate_model` of `model` on `(images, masks)`, with this task's class names."""
