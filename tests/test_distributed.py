@@ -22,6 +22,7 @@ import sys
 import time
 
 import pytest
+from conftest import JAX_TEST_XLA_FLAGS
 
 from keras_litenext.data import sample_data_dir
 from keras_litenext.train import distributed
@@ -60,7 +61,8 @@ def start(setup, out, count, seed=42, epochs=EPOCHS, extra=()):
     folder, so anything a process writes outside the run folder shows. Returns the `Popen`s."""
     port = free_port()
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
-               JAX_COMPILATION_CACHE_DIR=str(setup / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+               JAX_COMPILATION_CACHE_DIR=str(setup / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               XLA_FLAGS=JAX_TEST_XLA_FLAGS)
     for name in ENV.values():
         env.pop(name, None)
     procs = []

@@ -218,7 +218,7 @@ def test_fit_saves_the_deploy_form_scored_as_validated(tmp_path):
         image = rng.normal(40, 10, (64, 64, 3)) + (mask[..., None] > 0) * 150
         cv2.imwrite(str(tmp_path / "data" / "images" / f"{i}.png"), np.clip(image, 0, 255).astype(np.uint8))
         cv2.imwrite(str(tmp_path / "data" / "masks" / f"{i}.png"), mask)
-    config = TrainConfig(data=str(tmp_path / "data"), output=str(tmp_path / "run"), model="lvunet", image_size=64,
+    config = TrainConfig(data=str(tmp_path / "data"), output=str(tmp_path / "run"), model="lvunet", image_size=128,
                          epochs=2, batch_size=4, verbose=0, mwl_kernel=3, split=(0.5, 0.25, 0.25))
     train(config)
     best = keras.saving.load_model(tmp_path / "run" / "best.keras")

@@ -135,9 +135,9 @@ def jax_outputs(tmp_path_factory):
             assert np.isfinite(run(fresh, images)).all(), name
         """
     )
-    # LLVM at -O0: loading compiles one random-initialiser program per weight shape (~150 here),
-    # 3x faster so; the forward pass compared is the same XLA computation
-    result = run_python(code, timeout=1500, env={"XLA_FLAGS": "--xla_backend_optimization_level=0"})
+    # loading compiles one random-initialiser program per weight shape (~150 here): at -O0
+    # (conftest.JAX_TEST_XLA_FLAGS)
+    result = run_python(code, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     return {name: (out, np.load(folder / f"{name}_jax.npy")) for name, out in expected.items()}
 

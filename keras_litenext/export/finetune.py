@@ -158,14 +158,28 @@ def val_score_fn(task, images, masks, batch_size=8):
     """`score(model) -> float`: the task's monitored score of uint8 `images` and their labels
     `masks` (`task.monitor_score`: the mean per-image foreground Dice, NaN when no image holds a
     foreground class; a classifier's macro AUC), the score `quantization.choose_rsqrt_quantile`
-    ranks candidates by. Runs the model eagerly, as calibration does, so each candidate costs no
-    tracing."""
+    ranks candidates by.
+
+    On TensorFlow the forward pass is traced once per model and reused for every candidate: the
+    candidates differ only in the range variables' values, which the traced function reads (eager
+    calls of the fake-quant layers cost 4x more here: 53 s against 13 s for the 4 candidates of a
+    tiny run on 2 cores). Other backends run it eagerly."""
     x = to_float(images)
+    traced = {}
+
+    def forward(model):
+        if keras.backend.backend() != "tensorflow":
+            return lambda batch: model(batch, training=False)
+        if id(model) not in traced:
+            import tensorflow as tf
+
+            traced.clear()
+            traced[id(model)] = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+        return traced[id(model)]
 
     def score(model):
-        logits = np.concatenate([
-            keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)
-        ])
+        run = forward(model)
+        logits = np.concatenate([keras.ops.convert_to_numpy(run(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
         return task.monitor_score(masks, logits)
 
     return score
