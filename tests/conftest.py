@@ -42,10 +42,10 @@ def pytest_configure(config):
 # that no long file starts last while the other worker sits idle. pytest-xdist's own order is by
 # number of tests, which put the slowest file, test_training.py, near the end. Order only: no test
 # depends on it.
-FILE_SECONDS = {"test_training.py": 1006, "test_export.py": 878, "test_model_contract.py": 811, "test_mednext.py": 571,
-                "test_install.py": 570, "test_quantization.py": 569, "test_lvunet.py": 382, "test_litenext.py": 287,
-                "test_batch.py": 240, "test_medical.py": 202, "test_docs.py": 188, "test_distributed.py": 180,
-                "test_web.py": 120, "test_beam.py": 80}
+FILE_SECONDS = {"test_training.py": 609, "test_export.py": 400, "test_distributed.py": 350, "test_model_contract.py": 346,
+                "test_install.py": 276, "test_batch.py": 200, "test_cli_quiet.py": 175, "test_reliability.py": 165,
+                "test_docs.py": 155, "test_losses.py": 78, "test_mednext.py": 77, "test_benchmarks.py": 77,
+                "test_quantization.py": 75, "test_beam.py": 72, "test_medical.py": 54, "test_web.py": 46}
 
 
 def pytest_collection_modifyitems(config, items):
