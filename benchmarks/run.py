@@ -4,15 +4,18 @@
     python benchmarks/run.py --models litenext,ulite --no-write
     python benchmarks/run.py --reference-dir /path/to/LiteNeXt  # + the authors' PyTorch LiteNeXt
     python benchmarks/run.py --smoke                           # tiny and fast: CI checks that it runs
+    python benchmarks/run.py --models litenext --preset litenext-nuclei --data path/to/dsb2018_96  # trained weights, scored
 
-For each model (random weights: latency does not depend on them; the deploy form, what the
-converter ships):
+For each model (random weights: latency does not depend on them; or a preset's trained weights
+at its size with `--preset`; the deploy form, what the converter ships):
 
 - parameters and MACs (`count_macs`) at the image size, and the floor: `2 x MACs` over this
   CPU's measured float32 matrix-multiply rate (one thread, NumPy's BLAS), what no file beats;
 - `.tflite` files as `tflite/convert.py` makes them: fp32, fp16, int8 in the default "cpu"
   mode (float islands inside XNNPACK) and in "strict" mode (every op int8), the int8 ones from
-  the calibrated QAT graph; XNNPACK partitions of each; LiteRT (XNNPACK) latency, batch 1, at
+  the QAT graph calibrated on training images of `--data` (default: the bundled sample; a
+  classifier without `--data`: the sample's images), the same images for every int8 file;
+  XNNPACK partitions of each; LiteRT (XNNPACK) latency, batch 1, at
   each `--threads`; for a model with depthwise kernels of more than 25 taps also the fp32 file
   with those kernels whole (`fp32_whole`, the file before `split_depthwise_kernels`), timed in
   the same rounds;
@@ -20,6 +23,12 @@ converter ships):
   child process: the backend is chosen at import), intra-op threads set to each `--threads`;
 - training throughput on the CPU (TensorFlow backend, batch 8, the task's loss, images/s after
   warm-up) and its peak resident memory (a child process per model, so the peak is its own);
+- what you would get otherwise (`peers.py`; `--no-peers` leaves it out): Keras'
+  `model.export(format="litert")` fp32 and its full-int8 PTQ, and `litert-quantizer`'s static int8
+  of our fp32 file, made from the same weights and calibration images, timed in the same
+  interleaved rounds as ours; with `--preset`, the preset's shipped (QAT fine-tuned) int8 file too.
+  All of them, and the Keras float model, are scored on the test split of `--data` (80/10/10,
+  seed 42, as training and export split a folder): Dice, or accuracy and AUC for a classifier;
 - the authors' PyTorch LiteNeXt when `--reference-dir` points at a checkout of their repository
   (github.com/tranngocduvnvp/LiteNeXt.; their code is imported from there at run time; it needs
   `pip install torch dropblock`), at batch 1 with `torch.no_grad()`, in the Keras rounds.
@@ -34,6 +43,7 @@ BENCHMARKS.md between its markers.
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
@@ -68,6 +78,12 @@ def parse_args(argv=None):
     p.add_argument("--no-jax", action="store_true", help="leave out the JAX timings")
     p.add_argument("--no-train", action="store_true", help="leave out training throughput")
     p.add_argument("--reference-dir", help="checkout of the authors' LiteNeXt repository (adds their PyTorch model)")
+    p.add_argument("--data", help="dataset folder (images/, masks/) for calibration and the held-out scores "
+                                  "(default: the bundled sample, keras_litenext/assets/dsb2018_96)")
+    p.add_argument("--preset", action="append", default=[],
+                   help="a preset (bundled name or folder) whose trained weights and size its family uses (repeatable)")
+    p.add_argument("--no-peers", action="store_true", help="leave out the peer files (Keras export, litert-quantizer)")
+    p.add_argument("--num-calibration", type=int, default=32, help="calibration images for every int8 file (default 32)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks that the suite runs (no figures)")
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--no-write", action="store_true", help="print the tables only; leave BENCHMARKS.md as it is")
@@ -78,7 +94,7 @@ def parse_args(argv=None):
         p.error(f"--threads: expected comma-separated integers, got {args.threads!r}")
     if not args.threads or min(args.threads) < 1:
         p.error("--threads: thread counts must be >= 1")
-    for flag in ("image_size", "runs", "rounds", "train_steps", "train_size"):
+    for flag in ("image_size", "runs", "rounds", "train_steps", "train_size", "num_calibration"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.warmup < 0:
@@ -86,19 +102,30 @@ def parse_args(argv=None):
     if args.smoke:
         args.image_size, args.runs, args.rounds, args.warmup = 32, 1, 1, 1
         args.train_steps, args.train_size, args.threads, args.no_write = 1, 32, [1], True
+        args.no_peers, args.num_calibration = True, 4
     return args
 
 
-def machine():
-    """`"model (SIMD flags), N cores"` of this CPU."""
+def cpu_info():
+    """`(model name, flags)` of this CPU from /proc/cpuinfo (`(None, [])` where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()
     except OSError:
-        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        return None, []
     model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith(("flags", "Features"))), [])
+    return model, flags
+
+
+def machine():
+    """`"model (SIMD flags), N cores"` of this CPU."""
+    model, flags = cpu_info()
+    if model is None:
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "asimddp", "i8mm") if f in flags]
+    if "avx2" in flags and not any(f in flags for f in ("avx512_vnni", "avx_vnni")):
+        simd.append("no avx512_vnni / avx_vnni")
     return f"{model} ({', '.join(simd) or 'no AVX2'}), {os.cpu_count()} cores"
 
 
@@ -193,17 +220,37 @@ def measure_model(name, args, folder, log):
     from keras_litenext import litert as tflite
 
     spec = kl.get_spec(name)
-    size = -(-args.image_size // spec.size_multiple) * spec.size_multiple
-    shape = (size, size, 3)
+    preset = presets_of(args).get(name)
     keras.utils.set_random_seed(0)
-    model = spec.deploy_form(kl.create_model(name, input_shape=shape))
+    if preset:  # trained weights, at the size they were trained at
+        from keras_litenext.presets import load_preset
+
+        model = load_preset(preset["path"])
+        size = int(model.inputs[0].shape[1])
+    else:
+        size = -(-args.image_size // spec.size_multiple) * spec.size_multiple
+        model = spec.deploy_form(kl.create_model(name, input_shape=(size, size, 3)))
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     rng = np.random.default_rng(0)
     images = rng.random((8, *shape), dtype=np.float32)
-    pixels = (images * 255).astype(np.uint8)
-    row = {"model": name, "size": size, "params": int(model.count_params()), "macs": int(kl.count_macs(model)), "files": {}}
+    row = {"model": name, "size": size, "params": int(model.count_params()), "macs": int(kl.count_macs(model)), "files": {},
+           "weights": f"preset {preset['name']}" if preset else "random"}
+    held = heldout_data(args, model, row)
+    # every int8 file is calibrated on the same images: the data's training images, else bundled sample images
+    if held:
+        pixels = held[1]["train"][0][: args.num_calibration]
+    else:
+        from browser import sample_pixels
+
+        pixels = sample_pixels(size, args.num_calibration)
+        pixels = pixels if shape[-1] == 3 else pixels.mean(-1, keepdims=True).astype(np.uint8)
+    from keras_litenext.data.intensity import to_float
+
+    calibration = to_float(pixels)  # uint8 / 255 (a 16-bit set's / 65535)
+    pixels = pixels if pixels.dtype == np.uint8 else calibration
 
     t0 = time.time()
-    qat = Q.calibrate(Q.quantize_model(model), images, batch_size=4)
+    qat = Q.calibrate(Q.quantize_model(model), calibration, batch_size=4)
     builds = {
         "fp32": lambda: tflite.convert(model, "fp32"),
         "fp16": lambda: tflite.convert(model, "fp16"),
@@ -225,11 +272,18 @@ def measure_model(name, args, folder, log):
         row["files"][kind] = {"path": path, "kib": round(os.path.getsize(path) / 1024), "partitions": parts["partitions"],
                               "not_delegated": parts["not_delegated"], "float_ops": sum(info["float_ops"].values())}
     log(f"{name}: {size}², converted in {time.time() - t0:.0f} s")
+    if not args.no_peers:
+        t0 = time.time()
+        row["peers"] = make_peer_files(name, model, preset, folder, calibration, row["files"]["fp32"]["path"], log)
+        log(f"{name}: peer files made in {time.time() - t0:.0f} s")
 
-    files = [f["path"] for f in row["files"].values()]
+    entries = {**row["files"], **{k: v for k, v in row.get("peers", {}).items() if "path" in v}}
+    files = [f["path"] for f in entries.values()]
     for r in tflite.benchmark(files, threads=tuple(args.threads), runs=args.runs, rounds=args.rounds, warmup=args.warmup):
         kind = r["name"][len(name) + 1 : -len(".tflite")]
-        row["files"][kind][f"ms_{r['threads']}t"] = r["median_ms"]
+        entries[kind][f"ms_{r['threads']}t"] = r["median_ms"]
+    if held:
+        row["scores"] = score_all(model, held, entries, max(args.threads), log, name)
 
     # Keras under TensorFlow: one thread count per process (TensorFlow fixes it at start-up), the max
     fn = tf.function(lambda t: model(t, training=False))
@@ -250,6 +304,81 @@ def measure_model(name, args, folder, log):
         row["train"] = child(TRAIN_CODE.format(name=name, shape=tshape, steps=args.train_steps, threads=max(args.threads)))
         row["train"]["size"] = tshape[0]
     return row
+
+
+def presets_of(args):
+    """`{family: {"name", "path", "int8"}}` of the `--preset`s (`int8`: its shipped int8 file, or None)."""
+    if not args.preset:
+        return {}
+    from keras_litenext.presets import preset_metadata
+
+    out = {}
+    for p in args.preset:
+        meta = preset_metadata(p)
+        shipped = sorted(glob.glob(os.path.join(meta["path"], "tflite", "*_int8.tflite")))
+        out[meta["model"]] = {"name": meta["name"], "path": meta["path"], "int8": shipped[0] if shipped else None}
+    return out
+
+
+def heldout_data(args, model, row):
+    """`(task, arrays)` of `--data` (default the bundled sample) for `model`, or None with the
+    reason in `row["data_note"]` (a classifier on a folder of masks, ...)."""
+    import peers
+
+    from keras_litenext.data import sample_data_dir
+
+    data = args.data or sample_data_dir()
+    if args.data is None and len(model.outputs[0].shape) == 2:
+        row["data_note"] = "the bundled sample is a segmentation set (images/, masks/), not class folders: pass --data"
+        return None
+    try:
+        task, arrays = peers.heldout(data, model)
+    except Exception as err:  # a folder that does not fit the model: the suite goes on, unscored
+        row["data_note"] = f"{os.path.basename(os.path.normpath(data))}: {err if isinstance(err, ValueError) else peers.one_line(err)}"
+        return None
+    row["data"] = {"folder": os.path.abspath(data), **{k: int(len(v[0])) for k, v in arrays.items()}}
+    return task, arrays
+
+
+def make_peer_files(name, model, preset, folder, calibration, fp32_path, log):
+    """The peer files (`peers.make_peers`) with their size and XNNPACK partitions, and a preset's
+    shipped int8 file (`preset_int8`)."""
+    import shutil
+
+    import peers
+
+    from keras_litenext import litert as tflite
+
+    with open(fp32_path, "rb") as f:
+        out = peers.make_peers(name, model, f.read(), folder, calibration, log)
+    if preset and preset["int8"]:
+        path = os.path.join(folder, f"{name}_preset_int8.tflite")
+        shutil.copyfile(preset["int8"], path)
+        out = {"preset_int8": {"path": path}, **out}
+    for entry in out.values():
+        if "path" in entry:
+            parts = tflite.xnnpack_partitions(entry["path"])
+            entry.update(kib=round(os.path.getsize(entry["path"]) / 1024), partitions=parts["partitions"],
+                         not_delegated=parts["not_delegated"])
+    return out
+
+
+def score_all(model, held, entries, threads, log, name):
+    """Test scores of the Keras float model (`keras`) and of the fp32, int8 and peer files."""
+    import peers
+
+    task, arrays = held
+    images, masks = arrays["test"]
+    scores = {"keras": peers.score_keras(model, task, images, masks)}
+    for kind, entry in entries.items():
+        if kind in ("fp16", "int8_strict", "fp32_whole"):
+            continue
+        try:
+            scores[kind] = peers.score_file(entry["path"], task, images, masks, threads)
+        except Exception as err:  # a file LiteRT runs but the scoring cannot read: say why
+            scores[kind] = {"error": peers.one_line(err)}
+    log(f"{name}: scored on {len(images)} test images: " + ", ".join(f"{k} {peers.fmt_score(v)}" for k, v in scores.items()))
+    return scores
 
 
 def reference_litenext(checkout, x, threads):
@@ -305,6 +434,8 @@ def tables(rows, data, gflops, args, header):
             lines.append(f"| {r['model']} | {n} | " + " | ".join(f"{m:.2f}" for m in ms) + f" | {int8 / ms[0]:.2f} | "
                          f"{keras_ms['tf_b1']:.1f}{ref} | {keras_ms['tf_b8'] / 8:.1f} | {'-' if jax is None else f'{jax:.1f}'} | "
                          f"{best / floor if n == 1 else best * n / floor:.1f}× |")
+    if any("peers" in r or "scores" in r for r in rows):
+        lines += [""] + peer_table(rows, args)
     if any("train" in r for r in rows):
         lines += ["", f"### Training on the CPU (TensorFlow backend, batch 8, {max(t)} threads)", "",
                   "| model | input | images/s | peak memory MiB |", "|---|---|---|---|"]
@@ -316,9 +447,54 @@ def tables(rows, data, gflops, args, header):
     rows_goals = goals(rows, gflops, args, data)
     if rows_goals:
         mark = {True: "met", False: "**not met**", None: "-"}
-        lines += ["", "### LiteNeXt's speed goals, this run", "", "| goal | measured | |", "|---|---|---|"]
+        size = next(r["size"] for r in rows if r["model"] == "litenext")
+        lines += ["", f"### LiteNeXt's speed goals, this run ({size}²)", "", "| goal | measured | |", "|---|---|---|"]
         lines += [f"| {g} | {m} | {mark[ok]} |" for g, m, ok in rows_goals]
     return "\n".join(lines) + "\n"
+
+
+def peer_table(rows, args):
+    """"What you would get otherwise": our fp32 and int8 files next to the peers' (`peers.py`),
+    timed in the same rounds, and every file's test score."""
+    import peers
+
+    t = args.threads
+    n = max(t)
+    names = {"fp32": "ours: fp32 (`litert.convert`)", "int8": "ours: int8 (calibrated QAT graph, float islands)",
+             "preset_int8": "ours: the preset's shipped int8 (QAT fine-tuned, `keras-litenext export`)",
+             "keras_fp32": "Keras export, fp32", "keras_int8_ptq": "Keras export, full-int8 PTQ",
+             "quantizer_int8": "litert-quantizer, static int8 of our fp32"}
+    lines = ["### What you would get otherwise: the same weights through other tools", "",
+             "| model | weights | file | KiB | XNNPACK partitions | " + " | ".join(f"ms, {k} thread{'s' if k > 1 else ''}" for k in t)
+             + f" | / our int8 ({n} thread{'s' if n > 1 else ''}) | test score |",
+             "|---|---|---|---|---|" + "---|" * len(t) + "---|---|"]
+    for r in rows:
+        entries = {k: r["files"][k] for k in ("fp32", "int8") if k in r["files"]}
+        entries.update(r.get("peers", {}))
+        ours = r["files"].get("int8", {}).get(f"ms_{n}t")
+        scores = r.get("scores", {})
+        for kind, e in entries.items():
+            head = f"| {r['model']} {r['size']}² | {r.get('weights', 'random')} | {names.get(kind, kind)} |"
+            if "error" in e:
+                lines.append(f"{head} not made: {e['error'].replace('|', '/')} |" + " |" * (len(t) + 3))
+                continue
+            ms = [e.get(f"ms_{k}t") for k in t]
+            mine = e.get(f"ms_{n}t")
+            lines.append(f"{head} {e['kib']} | {e['partitions']} | " + " | ".join("-" if m is None else f"{m:.2f}" for m in ms)
+                         + f" | {'-' if not (mine and ours) else f'{mine / ours:.2f}'} | {peers.fmt_score(scores.get(kind)).replace('|', '/')} |")
+        if scores.get("keras"):
+            lines.append(f"| {r['model']} {r['size']}² | {r.get('weights', 'random')} | the Keras float model (no file) | - | - | "
+                         + " | ".join("-" for _ in t) + f" | - | {peers.fmt_score(scores['keras'])} |")
+    data = next((r["data"] for r in rows if "data" in r), None)
+    notes = [f"{r['model']}: not scored ({r['data_note']})" for r in rows if "data_note" in r]
+    lines += ["", "Test score: " + (f"the test split of `{os.path.basename(data['folder'])}` ({data['test']} images; "
+              f"{data['train']} training images, the first {args.num_calibration} of which calibrate every int8 file, ours and the peers'), "
+              "split 80/10/10 with seed 42 as training and export split a folder; files run with LiteRT (XNNPACK, "
+              f"{n} thread{'s' if n > 1 else ''}). " if data else "none: no data folder fits the models. ")
+              + "Random weights score what random weights score: only a trained model's (`--preset`) scores compare the tools. "
+              + " ".join(notes)]
+    lines += ["", "Peers: " + "; ".join(f"`{k}`: {v}" for k, v in peers.PEERS.items()) + "."]
+    return lines
 
 
 def goals(rows, gflops, args, data=None):
@@ -329,8 +505,7 @@ def goals(rows, gflops, args, data=None):
         return []
     n = 2 if 2 in args.threads else max(args.threads)
     f = {k: v.get(f"ms_{n}t") for k, v in r["files"].items()}
-    flags = machine()
-    fast_int8 = any(k in flags for k in ("avx512_vnni", "avx_vnni", "asimddp"))
+    fast_int8 = any(k in cpu_info()[1] for k in ("avx512_vnni", "avx_vnni", "asimddp"))
     out = []
     if f.get("fp32_whole"):
         gain = f["fp32_whole"] / f["fp32"]
@@ -362,6 +537,17 @@ def goals(rows, gflops, args, data=None):
     return out
 
 
+def peer_versions(args):
+    if args.no_peers:
+        return ""
+    from importlib import metadata
+
+    try:
+        return f", litert-quantizer {metadata.version('litert-quantizer')}"
+    except metadata.PackageNotFoundError:
+        return ", litert-quantizer not installed"
+
+
 def write_section(text):
     path = os.path.join(ROOT, "BENCHMARKS.md")
     with open(path, encoding="utf-8") as f:
@@ -379,6 +565,9 @@ def write_section(text):
 
 def main(argv=None):
     args = parse_args(argv)
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)  # peers.py, browser.py, bench_data.py
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -399,6 +588,7 @@ def main(argv=None):
     if unknown:
         print(f"error: --models: unknown {', '.join(unknown)}; registered: {', '.join(kl.list_models())}", file=sys.stderr)
         return 2
+    load_start = os.getloadavg()[0]
     gflops = matmul_gflops(0.2 if args.smoke else 2.0)
     rows = []
     with tempfile.TemporaryDirectory(prefix="litenext-bench-") as folder:
@@ -408,9 +598,12 @@ def main(argv=None):
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     import ai_edge_litert
 
-    header = (f"Command `{command.strip()}`, {datetime.date.today()}; {machine()}; load average "
-              f"{os.getloadavg()[0]:.1f} at the end; tensorflow {tf.__version__}, keras {keras.__version__}, "
-              f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}; random weights, deploy forms; "
+    trained = [f"{r['model']}: {r['weights']} weights" for r in rows if r.get("weights", "random") != "random"]
+    weights = "; ".join(trained) + (", the others: random weights" if len(trained) < len(rows) else "") if trained else "random weights"
+    header = (f"Command `{command.strip()}`, {datetime.date.today()}; {machine()}; shared machine, load average "
+              f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; tensorflow {tf.__version__}, keras {keras.__version__}, "
+              f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}{peer_versions(args)}; "
+              f"{weights}, deploy forms; "
               f"{args.rounds} interleaved rounds × {args.runs} runs after {args.warmup} warm-up. "
               "int8 = the default \"cpu\" mode (float islands inside XNNPACK), int8_strict = every op int8.")
     text = tables(rows, data, gflops, args, header)
