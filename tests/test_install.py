@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 VERBS = ("fit", "evaluate", "predict", "export", "benchmark", "web")
 # importable only through an extra (or, for MediaPipe, the checks of the test suite): hidden from
 # the installed commands, as on a base install
-EXTRAS = ("mediapipe", "jax", "pydicom", "nibabel", "sklearn", "hypothesis", "mkdocs")
+EXTRAS = ("mediapipe", "jax", "pydicom", "nibabel", "sklearn", "hypothesis", "mkdocs", "apache_beam", "playwright")
 HIDE = "KERAS_LITENEXT_TEST_HIDE_EXTRAS"
 
 
