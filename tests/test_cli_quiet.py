@@ -36,6 +36,16 @@ def test_verbose_lets_them_through():
         assert not noise(run("-c", "import tensorflow")[1])
 
 
+def test_verbose_zero_is_not_verbose():
+    """export's `--verbose 0` (Keras' verbosity: less output) does not let TensorFlow's lines through."""
+    from keras_litenext.cli import verbose_asked
+
+    assert verbose_asked(["fit", "--verbose"]) and verbose_asked(["export", "run", "--verbose", "2"])
+    assert verbose_asked(["export", "run", "--verbose=1"])
+    assert not verbose_asked(["export", "run", "--verbose", "0"]) and not verbose_asked(["export", "--verbose=0"])
+    assert not verbose_asked(["fit", "--epochs", "3"])
+
+
 def test_litert_delegate_line_stays_out_of_a_command(tmp_path):
     """LiteRT's "Created TensorFlow Lite XNNPACK delegate for CPU." (printed when the first
     interpreter is made, long after start-up) is caught in a command; a library user's process

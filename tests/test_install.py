@@ -8,6 +8,7 @@ runs is the wheel's copy in the new environment. The packages of the optional ex
 MediaPipe) are hidden from the commands by a second `.pth` file, so fit → export is shown to need
 the base install only; MediaPipe is then shown the int8 file in a process of its own."""
 
+import _ctypes
 import json
 import os
 import pathlib
@@ -129,3 +130,31 @@ def test_wheel_command_fits_evaluates_predicts_and_exports(installed):
              "print(result['category'].shape, result['labels'])\n")
     out = _run([bin_dir / "python", "-c", check, files[0]], cwd=work, extras=True).stdout
     assert out.startswith("(2, 48, 48)"), out
+
+
+# shared libraries of a desktop (OpenGL, X11) that a minimal Linux image lacks: a package that
+# loads one at import fails there with "libGL.so.1: cannot open shared object file"
+DESKTOP_LIBRARIES = ("libGL.so", "libGLX", "libEGL", "libX11", "libxcb.so", "libgthread")
+IMPORTS = ("import keras_litenext, cv2, tensorflow, keras; from ai_edge_litert import interpreter\n"
+           "from keras_litenext import litert, export, inference, data, train\n")
+
+
+def test_import_loads_no_desktop_library(installed):
+    """`import keras_litenext` (and the stack it runs on: cv2, TensorFlow, LiteRT) maps no OpenGL or
+    X11 library into the process, so it works on a minimal Linux image without libGL. Any library a
+    package loads shows in the process's memory map, whether or not this machine has it: the same
+    process then loads a shared object copied under libGL's name, which the check must see."""
+    bin_dir, work = installed
+    fake = work / "libGL.so.1"
+    shutil.copy2(_ctypes.__file__, fake)
+    code = IMPORTS + (
+        "import ctypes, json\n"
+        "def desktop():\n"
+        "    names = {line.split()[-1] for line in open('/proc/self/maps') if len(line.split()) > 5}\n"
+        f"    return sorted(n for n in names if any(lib in n for lib in {DESKTOP_LIBRARIES!r}))\n"
+        "before = desktop()\n"
+        f"ctypes.CDLL({str(fake)!r})\n"
+        "print(json.dumps([before, desktop()]))\n")
+    before, after = json.loads(_run([bin_dir / "python", "-c", code], cwd=work).stdout.strip().splitlines()[-1])
+    assert before == [], before
+    assert after == [str(fake)], after

@@ -134,6 +134,24 @@ def test_calibration_then_moving_average_ranges():
     assert fq.range.value() == pytest.approx((-1.5, 4.5))
 
 
+def test_traced_calibration_sets_the_ranges_eager_calls_set(tiny, monkeypatch):
+    """A long calibration is traced on TensorFlow (`TRACE_FROM` batches or more); the ranges are
+    those of eager calls, batch by batch (the images differ per batch, a short last batch included)."""
+    from keras_litenext.quantization import calibration
+
+    images = np.concatenate([blob_images(n=5, seed=s)[0] * (0.5 + 0.2 * s) for s in range(2)])  # 10: batches of 4, 4 and 2
+    qat = Q.quantize_model(tiny)
+
+    def ranges(trace_from):
+        monkeypatch.setattr(calibration, "TRACE_FROM", trace_from)
+        Q.calibrate(qat, images, batch_size=4)  # every range starts again (count 0)
+        return [r.value() for layer in Q.quant_layers(qat) for r in layer._ranges.values()]
+
+    traced, eager = ranges(1), ranges(10**6)
+    assert traced == pytest.approx(eager, rel=1e-6, abs=1e-7)
+    assert len(set(eager)) > 10  # ranges that differ: the check compares something
+
+
 class Mystery(layers.Layer):
     def call(self, x):
         return x * 2.0

@@ -39,9 +39,15 @@ def is_command():
 
 
 def verbose_asked(argv=None):
-    """`--verbose` (or `--verbose=...`, `--verbose N`) among the arguments."""
-    argv = sys.argv[1:] if argv is None else argv
-    return any(a == "--verbose" or a.startswith("--verbose=") for a in argv)
+    """`--verbose` among the arguments (or `--verbose=N`, `--verbose N` with N not 0: export's
+    `--verbose 0` asks for less output, not for TensorFlow's)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(argv):
+        if a == "--verbose":
+            return i + 1 >= len(argv) or argv[i + 1] != "0"
+        if a.startswith("--verbose="):
+            return a != "--verbose=0"
+    return False
 
 
 def quiet_start(force=False):

@@ -21,6 +21,23 @@ def _image_batches(data, batch_size=8):
         yield np.asarray(x, dtype="float32")
 
 
+TRACE_FROM = 16  # batches: tracing the QAT forward pass costs about as much as 10-15 eager batches
+
+
+def _forward(model, traced):
+    """`model(batch, training=False)`: traced once on TensorFlow when `traced` (any batch size:
+    one trace for a short last batch too), else eager."""
+    import keras
+
+    if not traced or keras.backend.backend() != "tensorflow":
+        return lambda batch: model(batch, training=False)
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
+    traced = tf.function(lambda batch: model(batch, training=False), input_signature=[spec])
+    return lambda batch: traced(tf.cast(batch, tf.float32))
+
+
 def tie_ranges(model):
     """Give each group of tied ranges (a concatenation's inputs and output, see `FakeQuant`)
     their common range: the smallest min and the largest max of the group. `calibrate` calls
@@ -74,8 +91,10 @@ def calibrate(model, data, steps=None, batch_size=8, statistic="mean", progress=
     max, what the moving averages of QAT converge to; `"minmax"` to the extremes over all
     batches, as the TFLite converter's post-training calibration does. On the 96x96 DSB 2018
     LiteNeXt the mean of batches of 8 gave a simulated int8 test Dice 0.4 points below float,
-    the extremes 1.1 points below: rare outliers waste most of the int8 steps. Runs eagerly
-    (layer by layer), which is fine for the few dozen batches it needs.
+    the extremes 1.1 points below: rare outliers waste most of the int8 steps. On TensorFlow a
+    call of `TRACE_FROM` batches or more traces the forward pass once (the same ranges as eager
+    calls, 3.5x faster: 16 s against 56 s for 25 batches of the 96x96 LiteNeXt on 2 cores); a
+    shorter one, and other backends, run eagerly (tracing costs more than a few batches).
 
     Args:
         model: a model from `quantize_model`.
@@ -102,11 +121,12 @@ def calibrate(model, data, steps=None, batch_size=8, statistic="mean", progress=
     seen = 0
     total = -(-len(data) // batch_size) if hasattr(data, "shape") else None
     total = steps if total is None else (total if steps is None else min(steps, total))
+    forward = _forward(model, traced=total is not None and total >= TRACE_FROM)
     try:
         for i, batch in enumerate(_image_batches(data, batch_size)):
             if steps is not None and i >= steps:
                 break
-            model(batch, training=False)
+            forward(batch)
             seen += 1
             if progress is not None:
                 progress(seen, total)
