@@ -507,6 +507,68 @@ def gate_report(float_dice, int8_dice, names):
     return {"keras_float": {"test": test(float_dice)}, "files": [{"kind": "fp32", "test": test(float_dice)}, {"kind": "int8", "test": test(int8_dice)}]}
 
 
+def _sabotaged_finetune(monkeypatch, broken_calls):
+    """`finetune_run` whose first `broken_calls` QAT models have their head's kernel negated (the
+    masks inverted: the int8 file misses any gate); later calls are the real fine-tuning."""
+    from keras_litenext.export import finetune
+
+    real, calls = finetune.finetune_run, []
+
+    def finetune_run(*args, **kwargs):
+        qat = real(*args, **kwargs)
+        calls.append(kwargs.get("epochs"))
+        if len(calls) <= broken_calls:
+            head = next(layer for layer in qat.layers if layer.name.startswith("head") and layer.weights)
+            head.weights[0].assign(-head.weights[0].numpy())
+        return qat
+
+    monkeypatch.setattr(finetune, "finetune_run", finetune_run)
+    return calls
+
+
+def test_a_file_that_misses_the_gate_gets_further_qat_attempts(run, arrays, tmp_path, monkeypatch):
+    """The first QAT attempt's file misses the gate (its masks inverted); the next attempt (in
+    `retry_plan`: more epochs, another learning rate; here calibration only again, 13 points
+    below this tiny untrained run's float Dice, under a 25-point gate the inverted file misses by
+    twice that) passes it, is kept by its val score, and its files are the ones
+    written; every attempt is in the report, no attempt folder is left."""
+    from keras_litenext.export import pipeline
+
+    monkeypatch.setattr(pipeline, "RETRY_SCHEDULE", ((0, 3.0),))
+    calls = _sabotaged_finetune(monkeypatch, broken_calls=1)
+    out = tmp_path / "tflite"
+    report = E.export_run(str(run), output=str(out), kinds=["int8"], qat_epochs=0, num_calibration=16, qat_retries=1,
+                          max_dice_drop=25.0, max_class_drop=25.0, verbose=0, log=lambda *a, **k: None)
+    rows = report["qat"]["attempts"]
+    assert calls == [0, 0], calls
+    assert [r["gate"] for r in rows] == ["failed", "passed"] and report["qat"]["kept_attempt"] == 2, [r["message"] for r in rows]
+    assert rows[1]["val_score"] > rows[0]["val_score"] and (rows[1]["epochs"], rows[1]["lr"]) == (0, pytest.approx(3e-5))
+    assert report["gate"]["passed"] and "QAT attempt 2 of 2" in report["gate"]["message"], report["gate"]
+    assert report["qat"]["lr"] == pytest.approx(3e-5)
+    # the file written is the kept attempt's: LiteRT on the test split gives the report's Dice
+    images, masks = arrays["test"]
+    scored = E.evaluate_tflite(str(out / "litenext_int8.tflite"), images, masks, task=get_task("binary"))
+    int8 = next(f for f in report["files"] if f["kind"] == "int8")
+    assert scored["dice"]["mean"] == pytest.approx(int8["test"]["dice"]["mean"], abs=1e-6)
+    assert json.loads((out / "report.json").read_text())["qat"]["kept_attempt"] == 2
+    assert "QAT attempts (the int8 file missed the gate): 1: " in (out / "report.md").read_text()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".attempt")] == []
+
+
+def test_further_qat_attempts_plan_and_budget():
+    assert E.retry_plan(3, 1e-5, 0) == []
+    assert E.retry_plan(3, 1e-5, 3) == [(6, pytest.approx(3e-5)), (6, pytest.approx(1e-5 / 3)), (12, pytest.approx(3e-5))]
+    assert E.retry_plan(0, 1e-5, 1) == [(2, pytest.approx(3e-5))]  # calibration only first: then epochs
+    from keras_litenext.export.pipeline import attempts_note
+
+    assert "budget of 2 further attempts is spent" in attempts_note(3, 2, False, 2, "val_dice")
+    assert "attempt 2;" in attempts_note(3, 2, False, 2, "val_dice")
+    assert attempts_note(2, 1, True, 2, "val_dice") == ""  # the first attempt passed after all: nothing to add
+    assert attempts_note(2, 2, True, 1, "val_dice") == " (QAT attempt 2 of 2, kept by its val val_dice)"
+    with pytest.raises(E.ExportError, match="qat_retries must be >= 0"):
+        E.ExportOptions("run", qat_retries=-1)
+
+
 def test_quality_gate_fails_on_one_class_and_names_it():
     # Mean drop 0.30 points (within 0.5), but 'border' drops 1.60 (more than 1.0) and 'nucleus' gains.
     report = gate_report([0.80, 0.60, 0.70], [0.813, 0.584, 0.694], ["nucleus", "border", "cyto"])

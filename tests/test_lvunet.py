@@ -199,6 +199,123 @@ def test_imagenet_trunk_maps_from_keras_mobilenet_v3(tmp_path):
         LVUNet(backbone_weights=tmp_path / "no_such_file.h5")
 
 
+@pytest.fixture(scope="module")
+def imagenet_file(tmp_path_factory):
+    """A stand-in for Keras' ImageNet file: a seeded `MobileNetV3Large(include_top=False)` with
+    non-trivial BatchNorms saved under Keras' file name, and its sha256 and md5."""
+    import hashlib
+
+    from keras_litenext.models.lvunet import weights as W
+
+    keras.utils.set_random_seed(3)
+    ref = keras.applications.MobileNetV3Large(input_shape=(224, 224, 3), include_top=False, weights=None)
+    rng = np.random.default_rng(3)
+    for layer in ref.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights([1 + 0.1 * rng.standard_normal(shape), 0.1 * rng.standard_normal(shape),
+                               0.1 * rng.standard_normal(shape), rng.uniform(0.5, 1.5, shape)])
+    path = tmp_path_factory.mktemp("origin") / W.FILE_NAME
+    ref.save(path)
+    data = path.read_bytes()
+    return path, hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture
+def origin(tmp_path, monkeypatch):
+    """`(serve, keras_home)`: `serve(data, file_hash)` puts `data` at a `file://` origin that the
+    module fetches from with `file_hash` expected; downloads go to a temporary KERAS_HOME."""
+    from keras_litenext.models.lvunet import weights as W
+
+    keras_home = tmp_path / "keras_home"  # not created: the module must create it
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    served = tmp_path / "served"
+    served.mkdir()
+    monkeypatch.setattr(W, "BASE_WEIGHT_PATH", served.as_uri() + "/")
+
+    def serve(data, file_hash):
+        monkeypatch.setattr(W, "FILE_HASH", file_hash)
+        if data is None:
+            (served / W.FILE_NAME).unlink(missing_ok=True)
+        else:
+            (served / W.FILE_NAME).write_bytes(data)
+        return served.as_uri() + "/" + W.FILE_NAME
+
+    return serve, keras_home
+
+
+def assert_one_line_naming(err, url):
+    message = str(err.value)
+    assert url in message and "\n" not in message and "Traceback" not in message
+    assert "backbone_weights=" in message  # how to pass a local file instead
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def trunk_matches(model, source):
+    trunk = [layer for layer in model.layers if layer.weights and layer.name.startswith(("conv", "expanded_conv"))]
+    assert len(trunk) > 40
+    return all(np.array_equal(a, b) for layer in trunk
+               for a, b in zip(layer.get_weights(), source.get_layer(layer.name).get_weights()))
+
+
+def test_imagenet_backbone_is_fetched_once_checked_and_cached(imagenet_file, origin):
+    from keras_litenext.models.lvunet import weights as W
+
+    path, sha256, _ = imagenet_file
+    serve, keras_home = origin
+    serve(path.read_bytes(), sha256)
+    source = keras.applications.MobileNetV3Large(input_shape=(224, 224, 3), include_top=False, weights=None)
+    source.load_weights(path)
+    model = LVUNet(input_shape=(128, 128, 3), backbone_weights="imagenet")
+    assert trunk_matches(model, source)
+    assert not trunk_matches(LVUNet(input_shape=(128, 128, 3)), source)
+    assert model.get_layer("rescaling") is not None  # preprocessing="auto" -> "keras", as with a file
+    cached = keras_home / "models" / W.FILE_NAME
+    assert cached.read_bytes() == path.read_bytes()
+    serve(None, sha256)  # the origin is gone: the cache serves
+    assert trunk_matches(LVUNet(input_shape=(128, 128, 3), backbone_weights="imagenet"), source)
+
+
+def test_imagenet_backbone_refuses_a_file_of_another_hash(imagenet_file, origin):
+    from keras_litenext.models.lvunet import weights as W
+
+    path, _, md5 = imagenet_file  # Keras' own hashes are md5
+    serve, keras_home = origin
+    good = path.read_bytes()
+    url = serve(good + b"tampered", md5)
+    with pytest.raises(ValueError, match="hash") as err:
+        LVUNet(input_shape=(128, 128, 3), backbone_weights="imagenet")
+    assert_one_line_naming(err, url)
+    cached = keras_home / "models" / W.FILE_NAME
+    assert not cached.exists()  # the bad download is not kept
+    cached.write_bytes(good + b"stale")  # nor is a bad file in the cache used: with no origin, it fails
+    serve(None, md5)
+    with pytest.raises(OSError, match="could not download"):
+        LVUNet(input_shape=(128, 128, 3), backbone_weights="imagenet")
+    serve(good, md5)  # the good file is fetched again
+    source = keras.applications.MobileNetV3Large(input_shape=(224, 224, 3), include_top=False, weights=None)
+    source.load_weights(path)
+    assert trunk_matches(LVUNet(input_shape=(128, 128, 3), backbone_weights="imagenet"), source)
+
+
+def test_imagenet_backbone_without_network_is_one_line_naming_the_url(origin, monkeypatch):
+    from keras_litenext.models.lvunet import weights as W
+
+    _, keras_home = origin
+    monkeypatch.setattr(W, "BASE_WEIGHT_PATH", "file:///nonexistent/keras-applications/mobilenet_v3/")
+    url = W.imagenet_weights_url()
+    with pytest.raises(OSError) as err:
+        LVUNet(input_shape=(128, 128, 3), backbone_weights="imagenet")
+    assert_one_line_naming(err, url)
+    assert not (keras_home / "models" / W.FILE_NAME).exists()
+    # Keras' own origin and hash, as keras.applications.MobileNetV3Large(include_top=False) uses them
+    from keras.src.applications import mobilenet_v3
+
+    monkeypatch.undo()
+    assert W.imagenet_weights_url() == mobilenet_v3.BASE_WEIGHT_PATH + "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"
+    assert W.FILE_HASH == mobilenet_v3.WEIGHTS_HASHES["large_224_1.0_float"][1]
+
+
 def test_fit_saves_the_deploy_form_scored_as_validated(tmp_path):
     """`fit --model lvunet` adds the schedule itself and writes the deploy form as best.keras;
     validation ran at slope 1, so the deploy model reproduces the best epoch's val Dice."""

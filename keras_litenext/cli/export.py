@@ -81,6 +81,9 @@ def build_parser():
                    help="leave the TFLite metadata (MediaPipe's labels, normalisation, activation) out of the files")
     p.add_argument("--qat-epochs", type=cli.nonnegative_int, default=3, help="quantization-aware fine-tuning epochs (default 3; 0 = calibration only)")
     p.add_argument("--qat-lr", type=cli.positive_float, default=1e-5, help="QAT peak learning rate (default 1e-5)")
+    p.add_argument("--qat-retries", type=cli.nonnegative_int, default=2,
+                   help="further QAT attempts when the int8 file misses the gate (more epochs, a learning rate 3x above and "
+                        "below); the attempt with the best val score is kept, all are reported (default 2; 0 = one attempt)")
     p.add_argument("--calibration-images", type=cli.positive_int, default=200, help="training images used to calibrate int8 ranges (default 200)")
     p.add_argument("--max-dice-drop", type=cli.nonnegative_float, default=0.5,
                    help="quality gate: largest allowed drop of the int8 file's mean foreground Dice, in points (default 0.5)")
@@ -109,7 +112,7 @@ def run(args):
 
     try:
         report = export_run(
-            args.source, output=args.output, name=args.name, io=args.io, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
+            args.source, output=args.output, name=args.name, io=args.io, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, qat_retries=args.qat_retries,
             data=args.data, num_calibration=args.calibration_images, max_dice_drop=args.max_dice_drop,
             max_class_drop=args.max_class_drop, threads=args.threads, verbose=args.verbose,
             max_accuracy_drop=args.max_accuracy_drop, max_auc_drop=args.max_auc_drop,

@@ -5,7 +5,9 @@ a `.keras` file, with `ExportOptions`' fields) fine-tunes the model with quantiz
 training, converts it to int8 (QAT and PTQ), fp16 and fp32 files with `keras_litenext.litert`,
 scores every file with LiteRT on the run's test split through the run's task (binary or
 multi-class, per class; a classifier by accuracy, balanced accuracy and macro AUC), writes the
-I/O contract of each file and `report.md`, and applies the task's quality gate. A
+I/O contract of each file and `report.md`, and applies the task's quality gate; a file that
+misses it gets further QAT attempts (`retry_plan`, `ExportOptions.qat_retries`), kept by their
+validation score. A
 classification run's gate (`classification_gate`) fails when the int8 file loses more than
 `max_accuracy_drop` points of accuracy (default 1.0) or more than `max_auc_drop` of macro AUC
 (default 0.01, i.e. one AUC point; a rank score moves less than accuracy under quantization
@@ -31,7 +33,13 @@ from keras_litenext.export.gate import (
     dice_drops,
     quality_gate,
 )
-from keras_litenext.export.pipeline import Exported, ExportOptions, export, export_run
+from keras_litenext.export.pipeline import (
+    Exported,
+    ExportOptions,
+    export,
+    export_run,
+    retry_plan,
+)
 from keras_litenext.export.report import report_markdown
 from keras_litenext.export.scoring import evaluate_tflite, score_logits
 from keras_litenext.export.source import ExportError, Source, load_source
@@ -54,5 +62,6 @@ __all__ = [
     "load_source",
     "quality_gate",
     "report_markdown",
+    "retry_plan",
     "score_logits",
 ]

@@ -12,7 +12,6 @@ import keras
 import numpy as np
 
 from keras_litenext.data.intensity import to_float
-from keras_litenext.train.callbacks import build_optimizer
 from keras_litenext.quantization import (
     calibrate,
     choose_rsqrt_quantile,
@@ -21,6 +20,7 @@ from keras_litenext.quantization import (
     quantize_model,
     tie_ranges,
 )
+from keras_litenext.train.callbacks import build_optimizer
 
 __all__ = ["finetune_run", "qat_finetune", "val_score_fn"]
 

@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from keras_litenext.litert import (
 )
 from keras_litenext.utils import atomic_path, write_json
 
-__all__ = ["ExportOptions", "Exported", "export", "export_run", "run_export"]
+__all__ = ["ExportOptions", "Exported", "export", "export_run", "retry_plan", "run_export"]
 
 
 @dataclasses.dataclass
@@ -44,6 +45,9 @@ class ExportOptions:
             float32 out, what MediaPipe reads), "int8", "uint8" or "float" (`litert.IO_TYPES`).
         qat_epochs: QAT fine-tuning epochs (0: calibration only).
         qat_lr: QAT peak learning rate.
+        qat_retries: further QAT attempts when the int8 file misses its gate (`retry_plan`:
+            more epochs, a learning rate above and below); the file of the attempt with the
+            best validation score is kept, every attempt is in the report. 0: one attempt.
         data: dataset folder (required with a `.keras` file; overrides a run's).
         num_calibration: training images for int8 calibration.
         max_dice_drop: the quality gate on the mean foreground Dice, in Dice points.
@@ -75,6 +79,7 @@ class ExportOptions:
     io: str = PHONE_IO
     qat_epochs: int = 3
     qat_lr: float = 1e-5
+    qat_retries: int = 2
     data: str | None = None
     num_calibration: int = 200
     max_dice_drop: float = 0.5
@@ -99,6 +104,8 @@ class ExportOptions:
             raise ExportError(f"io must be one of {IO_TYPES}, got {self.io!r}.")
         if self.qat_epochs < 0:
             raise ExportError(f"qat_epochs must be >= 0, got {self.qat_epochs}.")
+        if self.qat_retries < 0:
+            raise ExportError(f"qat_retries must be >= 0, got {self.qat_retries}.")
 
 
 def export_run(*args, **kwargs):
@@ -168,8 +175,9 @@ def run_export(options):
     qat, qat_test = writer.write_int8_file(model)
 
     report = _report(options, name, model, run, meta, sizes, writer, qat, qat_test, failures)
-    report["seconds"] = round(time.time() - started, 1)
     report["gate"] = task.export_gate(report, options)
+    report = _further_attempts(options, model, run, meta, sizes, writer, report, failures)
+    report["seconds"] = round(time.time() - started, 1)
     lost = report["test_images"]["failed_to_read"]
     if lost:
         report["gate"]["message"] += f" (on the {sizes['test']} test images read; {lost} test file(s) could not be read)"
@@ -222,15 +230,17 @@ class _FileWriter:
             if kind in o.kinds:
                 self.emit(kind, build)
 
-    def write_int8_file(self, model):
-        """Calibrate and fine-tune the QAT model, save it, write the int8 file from it; returns
-        the QAT model and its test scores (the report's view)."""
+    def write_int8_file(self, model, epochs=None, lr=None):
+        """Calibrate and fine-tune the QAT model (`epochs` at `lr`; default: the options'), save
+        it, write the int8 file from it; returns the QAT model and its test scores (the report's view)."""
         from keras_litenext.export.finetune import finetune_run
 
         o, task, train_images = self.options, self.task, self.arrays["train"][0]
-        o.log(f"QAT: calibrating, then fine-tuning {o.qat_epochs} epoch(s) at lr {o.qat_lr:g}, keeping the best {task.monitor}")
-        qat = finetune_run(model, self.config, self.arrays, epochs=o.qat_epochs, lr=o.qat_lr, verbose=o.verbose,
+        epochs, lr = (o.qat_epochs if epochs is None else epochs), (o.qat_lr if lr is None else lr)
+        o.log(f"QAT: calibrating, then fine-tuning {epochs} epoch(s) at lr {lr:g}, keeping the best {task.monitor}")
+        qat = finetune_run(model, self.config, self.arrays, epochs=epochs, lr=lr, verbose=o.verbose,
                            calibration_steps=max(1, o.num_calibration // 8), progress=progress_bar(o, "batch"))
+        qat.qat_epochs, qat.qat_lr = epochs, lr
         test_images, test_masks = self.arrays["test"]
         qat_result = score_logits(task, test_masks, predict(qat, test_images, progress=progress_bar(o, "image")))
         with atomic_path(os.path.join(self.output, f"{self.name}_qat.keras")) as tmp:
@@ -292,8 +302,8 @@ def _report(options, name, model, run, meta, sizes, writer, qat, qat_test, failu
         "failures": list(failures),
         "keras_float": {"params": int(model.count_params()), "test": writer.float_test},
         "qat": {
-            "epochs": int(options.qat_epochs),
-            "lr": options.qat_lr,
+            "epochs": int(getattr(qat, "qat_epochs", options.qat_epochs)),
+            "lr": getattr(qat, "qat_lr", options.qat_lr),
             "monitor": task.monitor,
             "start_score": getattr(qat, "qat_start_score", None),
             "best_epoch": getattr(qat, "qat_best_epoch", None),
@@ -303,6 +313,93 @@ def _report(options, name, model, run, meta, sizes, writer, qat, qat_test, failu
         },
         "files": sorted(writer.files, key=lambda f: list(FILE_KINDS).index(f["kind"])),
     }
+
+
+RETRY_SCHEDULE = ((2, 3.0), (2, 1.0 / 3.0))  # (epochs x, lr x) of attempts 2, 3; then again with epochs doubled
+
+
+def retry_plan(epochs, lr, retries):
+    """`[(epochs, lr), ...]` of the further QAT attempts: more epochs than the first (at least 2),
+    at a learning rate 3x above and 3x below it, then the same with twice the epochs, and so on.
+    On a held-out polyp set U-Lite's file missed its gate after 3 epochs at 1e-5, the best epoch
+    the last one, still improving: more epochs and a larger rate are the first things to try."""
+    plan = []
+    for i in range(retries):
+        times, factor = RETRY_SCHEDULE[i % len(RETRY_SCHEDULE)]
+        plan.append((max(int(epochs), 1) * times * 2 ** (i // len(RETRY_SCHEDULE)), lr * factor))
+    return plan
+
+
+def _val_score(writer, path):
+    """The task's monitor score (e.g. mean foreground Dice) of an int8 file on the val split."""
+    from keras_litenext.data.intensity import to_float
+    from keras_litenext.export.scoring import file_input
+    from keras_litenext.litert import run_tflite
+
+    images, masks = writer.arrays["val"]
+    x = file_input(to_float(images), path)
+    return float(writer.task.monitor_score(masks, run_tflite(path, x, num_threads=writer.options.threads)))
+
+
+def _attempt_row(number, report, score):
+    gate = report["gate"]
+    return {"attempt": number, "epochs": report["qat"]["epochs"], "lr": report["qat"]["lr"],
+            "val_score": score, "gate": gate["status"], "message": gate["message"]}
+
+
+def _further_attempts(options, model, run, meta, sizes, writer, report, failures):
+    """When the int8 file misses its gate (`"failed"`, not `"not verified"`), up to
+    `options.qat_retries` further QAT attempts (`retry_plan`), each written to a folder of its
+    own; the attempt whose int8 file scores best on the val split is kept (its files replace the
+    first's), the others are deleted, and the report lists every attempt (`qat.attempts`). The
+    test split only decides whether to go on: it never picks the file. Without a val split
+    there is nothing to choose by, so the first attempt stays."""
+    from keras_litenext.export.gate import FAILED
+
+    task, name = run.task, writer.name
+    if report["gate"]["status"] != FAILED or not options.qat_retries:
+        return report
+    if not sizes.get("val"):
+        options.log("note: the int8 file missed its gate and there is no val split to choose a further QAT attempt by")
+        return report
+    int8 = os.path.join(writer.output, f"{name}_int8.tflite")
+    attempts = [(report, writer.output)]
+    rows = [_attempt_row(1, report, _val_score(writer, int8))]
+    best = 0
+    for number, (epochs, lr) in enumerate(retry_plan(options.qat_epochs, options.qat_lr, options.qat_retries), start=2):
+        options.log(f"The int8 file missed its gate ({attempts[best][0]['gate']['message']}); "
+                    f"QAT attempt {number} of {1 + options.qat_retries}: {epochs} epoch(s) at lr {lr:g}")
+        folder = os.path.join(writer.output, f".attempt{number}")
+        os.makedirs(folder, exist_ok=True)
+        other = _FileWriter(options, folder, name, run, meta, writer.arrays, writer.float_test)
+        other.files = [e for e in writer.files if e["kind"] != "int8"]
+        qat, qat_test = other.write_int8_file(model, epochs, lr)
+        candidate = _report(options, name, model, run, meta, sizes, other, qat, qat_test, failures)
+        candidate["gate"] = task.export_gate(candidate, options)
+        attempts.append((candidate, folder))
+        rows.append(_attempt_row(number, candidate, _val_score(other, os.path.join(folder, f"{name}_int8.tflite"))))
+        best = max(range(len(rows)), key=lambda i: (rows[i]["val_score"], -i))
+        options.log(f"attempt {number}: val {task.monitor} {rows[-1]['val_score']:.4f}, gate {rows[-1]['gate']}")
+        if attempts[best][0]["gate"]["passed"]:
+            break
+    kept, folder = attempts[best]
+    if folder != writer.output:
+        for suffix in ("_int8.tflite", "_int8.json", "_qat.keras"):
+            os.replace(os.path.join(folder, name + suffix), os.path.join(writer.output, name + suffix))
+    for _, other in attempts[1:]:
+        shutil.rmtree(other, ignore_errors=True)
+    kept["qat"]["attempts"], kept["qat"]["kept_attempt"] = rows, best + 1
+    kept["gate"]["message"] += attempts_note(len(rows), best + 1, kept["gate"]["passed"], options.qat_retries, task.monitor)
+    return kept
+
+
+def attempts_note(count, kept, passed, retries, monitor):
+    """What the gate's message adds after further QAT attempts: which one was kept, and that the
+    budget is spent when none passed (every attempt ran then: a passing one ends the loop)."""
+    if not passed:
+        return (f" (the best of {count} QAT attempts by val {monitor}, attempt {kept}; "
+                f"the budget of {retries} further attempt{'s' if retries != 1 else ''} is spent)")
+    return f" (QAT attempt {kept} of {count}, kept by its val {monitor})" if kept > 1 else ""
 
 
 # ----------------------------------------------------------------------------------------------

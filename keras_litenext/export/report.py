@@ -101,6 +101,7 @@ def classification_markdown(report):
         f"**{gate_word(gate)}**: {gate['message']}.",
         f"QAT: {report['qat']['epochs']} epoch(s) at lr {report['qat']['lr']:g}, kept epoch {report['qat']['best_epoch']} "
         f"of the best {report['qat'].get('monitor', 'val_auc')} (0 = the calibrated model, before fine-tuning).",
+        *attempts_lines(report),
         "",
     ]
     return "\n".join(lines + _files_markdown(report))
@@ -160,6 +161,7 @@ def segmentation_markdown(report):
         f"**{gate_word(gate)}**: {gate['message']}.",
         f"QAT: {report['qat']['epochs']} epoch(s) at lr {report['qat']['lr']:g}, kept epoch {report['qat']['best_epoch']} "
         f"of the best {report['qat'].get('monitor', 'val_dice')} (0 = the calibrated model, before fine-tuning).",
+        *attempts_lines(report),
     ]
     scores = report["qat"].get("rsqrt_quantile_val_dice") or {}
     if scores:
@@ -198,3 +200,14 @@ def _files_markdown(report):
 
 def _signature(op):
     return f"{','.join(op['inputs'])} -> {','.join(op['outputs'])}"
+
+
+def attempts_lines(report):
+    """One line listing the QAT attempts when the file missed its gate and more were made."""
+    rows = report["qat"].get("attempts") or []
+    if len(rows) < 2:
+        return []
+    monitor = report["qat"].get("monitor", "val score")
+    return ["QAT attempts (the int8 file missed the gate): " + "; ".join(
+        f"{r['attempt']}: {r['epochs']} epoch(s) at lr {r['lr']:g}, int8 file {monitor} {fmt(r['val_score'])}, gate {r['gate']}"
+        + (" (kept)" if r["attempt"] == report["qat"].get("kept_attempt") else "") for r in rows) + "."]

@@ -20,6 +20,7 @@ from keras_litenext.models.lvunet.lvunet_model import (
     reparameterize,
 )
 from keras_litenext.models.lvunet.lvunet_torch import torch_key
+from keras_litenext.models.lvunet.weights import fetch_imagenet_weights
 from keras_litenext.models.registry import ModelSpec, register_model
 
 SPEC = register_model(
@@ -51,6 +52,7 @@ __all__ = [
     "LVUNet",
     "deep_training_slope",
     "feature_layers",
+    "fetch_imagenet_weights",
     "fusible_layers",
     "load_backbone_weights",
     "model_to_deploy",

@@ -18,6 +18,7 @@ from keras_litenext.models.lvunet.lvunet_layers import (
     InvertedResidual,
     Stem,
 )
+from keras_litenext.models.lvunet.weights import fetch_imagenet_weights
 
 STRIDE = 128  # four stride-2 stages in the trunk, then three max-pools
 PADDINGS = ("torch", "keras")
@@ -95,11 +96,13 @@ def LVUNet(
             `include_preprocessing`, for `[0, 255]` input); `"imagenet"`: ImageNet mean/std,
             the input of torchvision's weights; `"auto"` (default): `"keras"` when
             `backbone_weights` is given, else `None`.
-        backbone_weights: `None` (default; random initialisation) or the path of a local
-            weights file (`.h5` or `.weights.h5`) of
+        backbone_weights: `None` (default; random initialisation), `"imagenet"` or the path of
+            a local weights file (`.h5` or `.weights.h5`) of
             `keras.applications.MobileNetV3Large(include_top=False)` (alpha 1.0, not
             minimalistic), such as its ImageNet file; its trunk layers are copied by name.
-            Nothing is downloaded. Use it with `padding="keras"`.
+            `"imagenet"` fetches Keras' ImageNet file as `keras.applications` does
+            (`fetch_imagenet_weights`: same URL and hash, downloaded once into
+            `$KERAS_HOME/models/`, default `~/.keras/models/`). Use it with `padding="keras"`.
         slope: float, λ of the training form as built. Defaults to 0.0 (ReLU, the reference's
             start); the schedule sets it every epoch.
         weights: `None` or the path of a `.weights.h5` file saved from a model of the same
@@ -111,6 +114,8 @@ def LVUNet(
 
     Raises:
         FileNotFoundError: `backbone_weights` names no file.
+        OSError: `backbone_weights="imagenet"` and the download failed; ValueError: the
+            downloaded file's hash is not Keras'. Either is one line naming the URL.
 
     Example:
     >>> model = LVUNet()
@@ -125,12 +130,15 @@ def LVUNet(
         raise ValueError(f"LVUNet: preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}.")
     if int(num_classes) < 1:
         raise ValueError(f"LVUNet: num_classes must be >= 1, got {num_classes!r}.")
-    if backbone_weights is not None and not os.path.isfile(os.fspath(backbone_weights)):
+    imagenet = isinstance(backbone_weights, str) and backbone_weights == "imagenet"
+    if backbone_weights is not None and not imagenet and not os.path.isfile(os.fspath(backbone_weights)):
         raise FileNotFoundError(
             f"LVUNet: backbone_weights file {os.fspath(backbone_weights)!r} does not exist. Pass the local weights file "
             f"of keras.applications.MobileNetV3Large(include_top=False) (e.g. "
-            f"weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5 from ~/.keras/models/); nothing is downloaded."
+            f"weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5 from ~/.keras/models/), or \"imagenet\" to download it."
         )
+    if imagenet:  # before building: a failed download fails fast
+        backbone_weights = fetch_imagenet_weights()
     if preprocessing == "auto":
         preprocessing = "keras" if backbone_weights is not None else None
 
