@@ -148,7 +148,7 @@ def test_traced_calibration_sets_the_ranges_eager_calls_set(tiny, monkeypatch):
         return [r.value() for layer in Q.quant_layers(qat) for r in layer._ranges.values()]
 
     traced, eager = ranges(1), ranges(10**6)
-    assert traced == pytest.approx(eager, rel=1e-6, abs=1e-7)
+    np.testing.assert_allclose(np.array(traced), np.array(eager), rtol=1e-6, atol=1e-7)
     assert len(set(eager)) > 10  # ranges that differ: the check compares something
 
 
@@ -261,6 +261,32 @@ def test_qat_finetune_trains_from_calibrated_ranges():
     assert all(np.isfinite(v).all() for v in qat.qat_history["loss"])
     assert qat.qat_best_epoch in (0, 1, 2)
     assert np.isfinite(run_eager(qat, images)).all()
+
+
+def test_one_calibration_pass_gives_each_rsqrt_candidate_its_own_ranges(tiny):
+    """`choose_rsqrt_quantile` calibrates once for every candidate (each norm records its rsqrt
+    batch extremes per candidate): the ranges each candidate is scored with are exactly those of a
+    calibration with that candidate alone."""
+    images = blob_images(n=6, seed=5)[0]
+    images[:, :, :12] = 0.0  # flat black: the rsqrt range ends of the candidates differ
+    qat = Q.quantize_model(tiny)
+    norms = [layer for layer in qat.layers if isinstance(layer, Q.QuantChannelLayerNorm)]
+    ranges = lambda: [r.value() for layer in Q.quant_layers(qat) for r in layer._ranges.values()]  # noqa: E731
+    seen = {}
+
+    def score(model):
+        seen[norms[0].rsqrt_quantile] = ranges()
+        return 0.0
+
+    candidates = (None, 0.5)
+    Q.choose_rsqrt_quantile(qat, images, score, candidates=candidates, steps=2, batch_size=4, calibrate_best=False)
+    for candidate in candidates:
+        for layer in norms:
+            layer.rsqrt_quantile = candidate
+        Q.calibrate(qat, images, steps=2, batch_size=4)
+        assert seen[candidate] == ranges(), candidate
+    assert seen[None] != seen[0.5]  # the candidates' ranges differ: the comparison checks something
+    assert all(getattr(layer, "rsqrt_record", None) is None for layer in norms)
 
 
 def test_rsqrt_range_end_is_chosen_by_an_injected_score(tiny):

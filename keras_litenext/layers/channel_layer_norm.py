@@ -133,9 +133,16 @@ class QuantChannelLayerNorm(QuantLayerMixin, ChannelLayerNorm):
         or two int8 steps (on BBBC039 that cost 3.6 points of Dice). Clipped pixels have centred
         values near 0. `choose_rsqrt_quantile` picks the quantile by a validation score.
         """
-        if self.rsqrt_quantile is None:
+        record = getattr(self, "rsqrt_record", None)  # choose_rsqrt_quantile's one pass for every candidate (eager)
+        if record is not None:
+            record.batches.append((ops.min(x), {q: self._top(x, q) for q in record.candidates}))
+        return self._top(x, self.rsqrt_quantile)
+
+    @staticmethod
+    def _top(x, quantile):
+        if quantile is None:
             return ops.max(x)
-        return ops.quantile(ops.reshape(ops.where(ops.isfinite(x), x, 0.0), (-1,)), self.rsqrt_quantile)
+        return ops.quantile(ops.reshape(ops.where(ops.isfinite(x), x, 0.0), (-1,)), quantile)
 
     def call(self, inputs, training=None):
         t = bool(training)

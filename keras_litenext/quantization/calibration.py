@@ -83,7 +83,7 @@ def tie_ranges(model):
     return changed
 
 
-def calibrate(model, data, steps=None, batch_size=8, statistic="mean", progress=None):
+def calibrate(model, data, steps=None, batch_size=8, statistic="mean", progress=None, traced=None):
     """Set every activation range of a QAT model from data.
 
     Quantization is off while calibrating, so the ranges are those of the float model.
@@ -104,6 +104,7 @@ def calibrate(model, data, steps=None, batch_size=8, statistic="mean", progress=
         statistic: `"mean"` or `"minmax"`.
         progress: optional callable `progress(done, total)` after each batch (total: None when
             the data's length is unknown), e.g. to draw a progress bar.
+        traced: trace the forward pass (TensorFlow only); None: from `TRACE_FROM` batches on.
 
     Returns:
         The model, in "quantize" mode.
@@ -121,7 +122,9 @@ def calibrate(model, data, steps=None, batch_size=8, statistic="mean", progress=
     seen = 0
     total = -(-len(data) // batch_size) if hasattr(data, "shape") else None
     total = steps if total is None else (total if steps is None else min(steps, total))
-    forward = _forward(model, traced=total is not None and total >= TRACE_FROM)
+    if traced is None:
+        traced = total is not None and total >= TRACE_FROM
+    forward = _forward(model, traced=traced)
     try:
         for i, batch in enumerate(_image_batches(data, batch_size)):
             if steps is not None and i >= steps:
@@ -139,6 +142,14 @@ def calibrate(model, data, steps=None, batch_size=8, statistic="mean", progress=
 
 
 RSQRT_QUANTILES = (None, 0.99, 0.9, 0.5)
+
+
+class _Record:
+    """A norm's `(batch min, {candidate: batch top})` of its rsqrt values, one per batch
+    (`batches`), for the quantiles `candidates` (a plain object: Keras would wrap a list)."""
+
+    def __init__(self, candidates):
+        self.candidates, self.batches = list(candidates), []
 
 
 def choose_rsqrt_quantile(model, calibration_data, score_fn, candidates=RSQRT_QUANTILES, steps=8, batch_size=8,
@@ -173,11 +184,28 @@ def choose_rsqrt_quantile(model, calibration_data, score_fn, candidates=RSQRT_QU
     norms = [layer for layer in quant_layers(model) if hasattr(layer, "rsqrt_quantile")]
     if not norms:
         raise ValueError("choose_rsqrt_quantile: the model has no layer with an rsqrt_quantile (no quantized layer norm).")
+    candidates = [None if c is None else float(c) for c in candidates]
+    # One calibration pass serves every candidate: nothing is quantized while calibrating, so the
+    # other ranges are the same for all of them, and each norm records its rsqrt range's batch
+    # extremes for every candidate; each candidate's range is then built from those records by the
+    # range's own `observe` (the same values as a pass per candidate, at a quarter of the cost).
+    for layer in norms:
+        layer.rsqrt_record = _Record(candidates)
+    try:
+        calibrate(model, calibration_data, steps=steps, batch_size=batch_size, traced=False)
+    finally:
+        records = {id(layer): layer.rsqrt_record for layer in norms}
+        for layer in norms:
+            layer.rsqrt_record = None
     scores = {}
     for candidate in candidates:
         for layer in norms:
-            layer.rsqrt_quantile = None if candidate is None else float(candidate)
-        calibrate(model, calibration_data, steps=steps, batch_size=batch_size)
+            layer.rsqrt_quantile = candidate
+            rsqrt = layer._ranges["rsqrt"]
+            rsqrt.count.assign(0.0)
+            for lo, tops in records[id(layer)].batches:
+                rsqrt.observe(lo, tops[candidate])
+        tie_ranges(model)
         scores[candidate] = float(score_fn(model))
     best = max(scores, key=lambda c: -np.inf if np.isnan(scores[c]) else scores[c])
     for layer in norms:

@@ -96,13 +96,7 @@ class QuantRange:
             return x if mode == "calibrate" else fake_quant(x, *self.fixed)
         x32 = ops.cast(x, "float32")
         if observe and mode == "calibrate":
-            lo, hi = ops.min(x32), self._batch_max(x32)
-            old_lo, old_hi, n = (ops.convert_to_tensor(v) for v in (self.min, self.max, self.count))
-            if self.layer.calibration == "minmax":  # the extremes of all batches
-                first = ops.equal(n, 0.0)
-                self._store(ops.where(first, lo, ops.minimum(old_lo, lo)), ops.where(first, hi, ops.maximum(old_hi, hi)))
-            else:  # the mean of the batch extremes
-                self._store((old_lo * n + lo) / (n + 1.0), (old_hi * n + hi) / (n + 1.0))
+            self.observe(ops.min(x32), self._batch_max(x32))
             return x
         if observe and training:  # moving average of the batch min/max (ranges start calibrated)
             d = self.layer.decay
@@ -116,6 +110,16 @@ class QuantRange:
             return x
         lo, hi = safe_range(self.min, self.max)
         return ops.cast(fake_quant(x32, lo, hi), x.dtype)
+
+    def observe(self, lo, hi):
+        """Calibration: take one batch's `lo` / `hi` into the range (the running mean of the batch
+        extremes, or their extremes with `layer.calibration == "minmax"`) and count the batch."""
+        old_lo, old_hi, n = (ops.convert_to_tensor(v) for v in (self.min, self.max, self.count))
+        if self.layer.calibration == "minmax":  # the extremes of all batches
+            first = ops.equal(n, 0.0)
+            self._store(ops.where(first, lo, ops.minimum(old_lo, lo)), ops.where(first, hi, ops.maximum(old_hi, hi)))
+        else:  # the mean of the batch extremes
+            self._store((old_lo * n + lo) / (n + 1.0), (old_hi * n + hi) / (n + 1.0))
 
     def _batch_max(self, x):
         return ops.max(x) if self.batch_max is None else self.batch_max(x)
