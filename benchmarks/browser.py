@@ -226,48 +226,6 @@ def build_preset(preset, folder, log):
     return meta["name"], size, {"int8": str(shipped[0]), "fp32": fp32}
 
 
-def _second_page_class():
-    from keras_litenext.web.build import serve
-    from keras_litenext.web.check import BrowserPage
-
-    class SecondPage(BrowserPage):
-        """Another page in the Chromium of an open `BrowserPage` (one Playwright per thread), set up
-        as `BrowserPage` sets up its own: served on 127.0.0.1, every other address refused."""
-
-        def __init__(self, folder, owner):
-            super().__init__(folder, owner.executable, owner.timeout)
-            self.owner = owner
-
-        def __enter__(self):
-            self.server = serve(self.folder)
-            self.browser = self.owner.browser
-            try:
-                self.page = self.browser.new_page(viewport={"width": 1100, "height": 900})
-                self.page.set_default_timeout(self.timeout * 1000)
-                self.page.route("**/*", self._route)
-                self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
-                self.page.goto(self.server.url)
-                self.ready = self.page.evaluate("() => window.litenext.ready")
-            except Exception:
-                self.__exit__()
-                raise
-            return self
-
-        def __exit__(self, *exc):
-            import contextlib
-
-            for close in (lambda: self.page.close(), lambda: self.server.close()):
-                with contextlib.suppress(Exception):
-                    close()
-            return False
-
-    return SecondPage
-
-
-def SecondPage(folder, owner):
-    return _second_page_class()(folder, owner)
-
-
 class LiteRTTimer:
     """LiteRT in Python timing one file per image as the page does: a first run, then `runs` timed."""
 
@@ -313,7 +271,7 @@ def measure_pair(label, size, paths, image_paths, pixels, args, log):
         for kind, path in paths.items():
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="litenext-bench-web-"))
             build_page(path, folder)
-            page = stack.enter_context(BrowserPage(folder, timeout=600) if first is None else SecondPage(folder, first))
+            page = stack.enter_context(BrowserPage(folder, timeout=600, browser=first))
             first = first or page
             if not page.ready:
                 raise WebError(f"{path}: the page did not load it: {' '.join(page.errors()) or 'no message'}")

@@ -200,7 +200,7 @@ def test_export_calibrates_and_scores_what_it_can_read_and_lists_the_rest(tmp_pa
     in report.json, report.md and failures.csv; exit 1."""
     run, broken, test_stems = dicom_run(tmp_path)
     out = tmp_path / "tflite"
-    status = export_cli.main([str(run), "--output", str(out), "--kinds", "int8", "--qat-epochs", "0", "--calibration-images", "8",
+    status = export_cli.main([str(run), "--output", str(out), "--kinds", "int8", "--qat-epochs", "0", "--qat-retries", "0", "--calibration-images", "8",
                               "--verbose", "0", "--force"])
     captured = capsys.readouterr()
     assert status == 1, captured.err

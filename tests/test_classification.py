@@ -316,7 +316,7 @@ def test_int8_export_of_a_classifier_is_scored_and_gated(trained, tmp_path):
     from keras_litenext.export import classification_gate, export_run
 
     run, _ = trained
-    report = export_run(str(run), output=str(tmp_path / "tflite"), qat_epochs=0, kinds=["int8", "fp32"],
+    report = export_run(str(run), output=str(tmp_path / "tflite"), qat_epochs=0, qat_retries=0, kinds=["int8", "fp32"],
                         num_calibration=16, verbose=0, log=lambda *a: None)
     assert report["task"] == "classification"
     files = {f["kind"]: f for f in report["files"]}

@@ -103,10 +103,11 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def converted(run, tmp_path_factory):
-    """The convert CLI, once, on the binary run at the default quality gate (calibration only),
-    with int8 files in int8 at both ends (`--io int8`: the integer internals are checked on it)."""
+    """The convert CLI, once, on the binary run at the default quality gate (calibration only, one
+    QAT attempt: the further attempts have tests of their own), with int8 files in int8 at both
+    ends (`--io int8`: the integer internals are checked on it)."""
     out = tmp_path_factory.mktemp("tflite")
-    rc = load_cli("convert").main([str(run), "--output", str(out), "--qat-epochs", "0", "--calibration-images", "16", "--verbose", "0",
+    rc = load_cli("convert").main([str(run), "--output", str(out), "--qat-epochs", "0", "--qat-retries", "0", "--calibration-images", "16", "--verbose", "0",
                                    "--io", "int8"])
     return rc, out
 
@@ -121,7 +122,7 @@ def converted3(run3, tmp_path_factory):
     """The convert CLI on the 3-class run: int8 and fp32 only, one QAT epoch (finetune_run end
     to end with the task's loss, metrics and monitor), at the default I/O (uint8 in, float32 out)."""
     out = tmp_path_factory.mktemp("tflite3")
-    rc = load_cli("convert").main([str(run3), "--output", str(out), "--qat-epochs", "1", "--calibration-images", "8",
+    rc = load_cli("convert").main([str(run3), "--output", str(out), "--qat-epochs", "1", "--qat-retries", "0", "--calibration-images", "8",
                                    "--kinds", "int8,fp32", "--verbose", "0"])
     return rc, out
 
@@ -821,7 +822,7 @@ def test_one_call_export_of_a_grey_model_makes_rgb_phone_files(run, tmp_path):
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
     model = keras.Model(inputs, keras.layers.Conv2D(1, 1, bias_initializer=keras.initializers.Constant(-0.3))(x), name="greynet")
     data = json.loads((run / "config.json").read_text())["data"]
-    files, paths, report = keras_litenext.export.export(model, tmp_path / "out", formats=("int8", "fp32"), data=data, qat_epochs=0,
+    files, paths, report = keras_litenext.export.export(model, tmp_path / "out", formats=("int8", "fp32"), data=data, qat_epochs=0, qat_retries=0,
                                                         num_calibration=8)
     assert sorted(files) == ["fp32", "int8"] and report["task"] == "binary" and report["config"]["channels"] == 1
     assert {os.path.basename(p) for p in paths} >= {"greynet_int8.tflite", "greynet_int8.json", "greynet_fp32.tflite",

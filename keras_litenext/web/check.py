@@ -50,10 +50,14 @@ def missing():
 
 
 class BrowserPage:
-    """A built page open in headless Chromium (a context manager): `run(paths)` feeds images."""
+    """A built page open in headless Chromium (a context manager): `run(paths)` feeds images.
 
-    def __init__(self, folder, executable=None, timeout=120):
+    `browser`: the open page of another `BrowserPage` whose Chromium this page shares (a second
+    tab: one Playwright per thread); it is left open when this page closes."""
+
+    def __init__(self, folder, executable=None, timeout=120, browser=None):
         self.folder, self.executable, self.timeout = pathlib.Path(folder), executable, timeout
+        self.owner = browser
         self.outside = []  # requests refused: anything not on the page's own server
         self.console = []
 
@@ -61,12 +65,16 @@ class BrowserPage:
         why = missing()
         if why:
             raise WebError(why)
-        from playwright.sync_api import sync_playwright
-
         self.server = serve(self.folder)
-        self.playwright = sync_playwright().start()
         try:
-            self.browser = self.playwright.chromium.launch(executable_path=find_browser(self.executable), args=list(BROWSER_ARGS))
+            if self.owner is None:
+                from playwright.sync_api import sync_playwright
+
+                self.playwright = sync_playwright().start()
+                self.browser = self.playwright.chromium.launch(executable_path=find_browser(self.executable),
+                                                               args=list(BROWSER_ARGS))
+            else:
+                self.browser = self.owner.browser
             self.page = self.browser.new_page(viewport={"width": 1100, "height": 900})
             self.page.set_default_timeout(self.timeout * 1000)
             self.page.route("**/*", self._route)
@@ -101,7 +109,8 @@ class BrowserPage:
         return self.browser.version
 
     def __exit__(self, *exc):
-        for close in (lambda: self.browser.close(), lambda: self.playwright.stop(), lambda: self.server.close()):
+        closes = [lambda: self.browser.close(), lambda: self.playwright.stop()] if self.owner is None else [lambda: self.page.close()]
+        for close in (*closes, lambda: self.server.close()):
             with contextlib.suppress(Exception):  # already closed, or never opened
                 close()
         return False
