@@ -49,31 +49,22 @@ KINDS = ("int8", "fp32")
 
 
 def parse_args(argv=None):
+    from keras_litenext.runs.checks import ints, nonnegative_int, positive_int
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", help="comma-separated registry names (default: every registered model)")
-    p.add_argument("--sizes", default="96,256", help="comma-separated input sizes (default 96,256; rounded up to the size multiple)")
+    p.add_argument("--sizes", type=ints(16), default="96,256", help="comma-separated input sizes (default 96,256; rounded up to the size multiple)")
     p.add_argument("--preset", default="litenext-nuclei", help="bundled preset (or preset folder) to add; 'none' leaves it out")
-    p.add_argument("--images", type=int, default=20, help="timed images per file (default 20)")
-    p.add_argument("--warmup", type=int, default=2, help="images per file run first and not counted (default 2)")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per image after its first (default 3)")
-    p.add_argument("--chunk", type=int, default=5, help="images per interleaved turn (default 5)")
-    p.add_argument("--num-calibration", type=int, default=32, help="sample images to calibrate the int8 files on (default 32)")
+    p.add_argument("--images", type=positive_int, default=20, help="timed images per file (default 20)")
+    p.add_argument("--warmup", type=nonnegative_int, default=2, help="images per file run first and not counted (default 2)")
+    p.add_argument("--runs", type=positive_int, default=3, help="timed runs per image after its first (default 3)")
+    p.add_argument("--chunk", type=positive_int, default=5, help="images per interleaved turn (default 5)")
+    p.add_argument("--num-calibration", type=positive_int, default=32, help="sample images to calibrate the int8 files on (default 32)")
     p.add_argument("--files", help="keep the built .tflite files in this folder (reused when there)")
     p.add_argument("--smoke", action="store_true", help="tiny: one model at 32², 2 images, 1 run (checks that it runs)")
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--no-write", action="store_true", help="print the table only; leave BENCHMARKS.md as it is")
     args = p.parse_args(argv)
-    try:
-        args.sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
-    except ValueError:
-        p.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
-    if not args.sizes or min(args.sizes) < 16:
-        p.error("--sizes: sizes must be >= 16")
-    for flag in ("images", "runs", "chunk", "num_calibration"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.warmup < 0:
-        p.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.smoke:
         args.models = args.models or "lvunet"
         args.sizes, args.images, args.warmup, args.runs, args.chunk = [32], 2, 1, 1, 2

@@ -66,15 +66,17 @@ def kinds(args):
 
 
 def parse_args(argv=None):
+    from keras_litenext.runs.checks import ints, nonnegative_int, positive_int
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", help="comma-separated registry names (default: every registered model)")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per contender per round (default 10)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--train-steps", type=int, default=10, help="timed training steps per model (default 10)")
-    p.add_argument("--train-size", type=int, default=128, help="training image size (default 128)")
+    p.add_argument("--image-size", type=positive_int, default=256)
+    p.add_argument("--threads", type=ints(1), default="1,2", help="comma-separated thread counts (default 1,2)")
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs per contender per round (default 10)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--warmup", type=nonnegative_int, default=5)
+    p.add_argument("--train-steps", type=positive_int, default=10, help="timed training steps per model (default 10)")
+    p.add_argument("--train-size", type=positive_int, default=128, help="training image size (default 128)")
     p.add_argument("--no-jax", action="store_true", help="leave out the JAX timings")
     p.add_argument("--no-train", action="store_true", help="leave out training throughput")
     p.add_argument("--reference-dir", help="checkout of the authors' LiteNeXt repository (adds their PyTorch model)")
@@ -83,22 +85,11 @@ def parse_args(argv=None):
     p.add_argument("--preset", action="append", default=[],
                    help="a preset (bundled name or folder) whose trained weights and size its family uses (repeatable)")
     p.add_argument("--no-peers", action="store_true", help="leave out the peer files (Keras export, litert-quantizer)")
-    p.add_argument("--num-calibration", type=int, default=32, help="calibration images for every int8 file (default 32)")
+    p.add_argument("--num-calibration", type=positive_int, default=32, help="calibration images for every int8 file (default 32)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks that the suite runs (no figures)")
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--no-write", action="store_true", help="print the tables only; leave BENCHMARKS.md as it is")
     args = p.parse_args(argv)
-    try:
-        args.threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
-    except ValueError:
-        p.error(f"--threads: expected comma-separated integers, got {args.threads!r}")
-    if not args.threads or min(args.threads) < 1:
-        p.error("--threads: thread counts must be >= 1")
-    for flag in ("image_size", "runs", "rounds", "train_steps", "train_size", "num_calibration"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.warmup < 0:
-        p.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.smoke:
         args.image_size, args.runs, args.rounds, args.warmup = 32, 1, 1, 1
         args.train_steps, args.train_size, args.threads, args.no_write = 1, 32, [1], True

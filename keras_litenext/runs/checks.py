@@ -12,7 +12,7 @@ import math
 import os
 
 __all__ = [
-    "check", "file_name", "float_range", "floats", "host_port", "int_range", "nonnegative_float", "nonnegative_int", "one_line",
+    "check", "file_name", "float_range", "floats", "host_port", "int_range", "ints", "nonnegative_float", "nonnegative_int", "one_line",
     "open_fraction", "positive_float", "positive_int", "suffix",
 ]
 
@@ -117,6 +117,23 @@ class floats(_Type):
         if not numbers or (self.count and len(numbers) != self.count):
             self.fail(value)
         if self.total is not None and abs(sum(numbers) - self.total) > 1e-6:
+            self.fail(value)
+        return numbers
+
+
+class ints(_Type):
+    """Comma-separated whole numbers, at least one, each >= `low` (e.g. thread counts, sizes)."""
+
+    kind = "ints"
+
+    def __init__(self, low=None):
+        self.item = int_range(low)
+        self.describe = "comma-separated whole numbers" + (f" >= {low}" if low is not None else "")
+
+    def convert(self, value):
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+        numbers = [self.item.convert(v) for v in items]
+        if not numbers:
             self.fail(value)
         return numbers
 
