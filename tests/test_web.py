@@ -4,7 +4,8 @@ The bundled preset's int8 file and two small files made here (a 3-class float se
 3-class classifier, each with its TFLite metadata) run through the page's own code path
 (`check_page`: the page's file input) on sample images, RGB, grey and JPEG; the class masks agree
 with LiteRT's on the same file and pixels on >= 99.5 % of pixels, a classifier's top class on
-every image. Bad input shows one readable message. Needs Debian's `chromium` and Python Playwright
+every image. Bad input shows one readable message. Each family's default int8 file:
+`test_web_families.py`. Needs Debian's `chromium` and Python Playwright
 (`.ci/run` installs both); MediaPipe's npm package is fetched once from the lock file and cached.
 """
 

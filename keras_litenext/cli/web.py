@@ -35,6 +35,8 @@ def build_parser():
     p.add_argument("--port", type=cli.int_range(0, 65535), default=8000, help="--serve: the port (default 8000; 0 picks a free one)")
     p.add_argument("--check", action="store_true", help="run IMAGE... through the page in headless Chromium")
     p.add_argument("--runs", type=cli.nonnegative_int, default=0, help="--check: timed runs per image after the first (default 0)")
+    p.add_argument("--confidence", action="store_true",
+                   help="--check: also write a segmenter's confidence masks, <stem>_confidence.npy (H x W x masks, float32)")
     p.add_argument("--kind", choices=("int8", "fp16", "fp32"), default="int8", help="which file of a folder (default int8)")
     p.add_argument("--npm-cache", type=cli.output_path, help="where the npm tarballs are cached (default ~/.cache/keras-litenext/npm)")
     return p
@@ -46,7 +48,8 @@ def _check(args):
     if not args.images or not args.out:
         print("error: --check needs IMAGE... and --out DIR", file=sys.stderr)
         return 2
-    report = check_page(args.source, args.images, args.out, runs=args.runs, kind=args.kind, npm_cache=args.npm_cache)
+    report = check_page(args.source, args.images, args.out, runs=args.runs, kind=args.kind, npm_cache=args.npm_cache,
+                        confidence=args.confidence)
     for row in report["images"]:
         timing = f"{row['first_ms']:.1f} ms" + (f", median {row['median_ms']:.1f} ms of {row['runs']}" if row["median_ms"] is not None else "")
         print(f"{row['image']}: {row.get('mask') or row.get('scores')} ({timing})")

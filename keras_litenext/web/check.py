@@ -5,6 +5,7 @@
 `executable_path` (no browser is downloaded), and gives the images to the page's file input, the
 path a drop or a pick takes. For each image it writes `<stem>_mask.png` (the class index per pixel,
 at the image's size) or `<stem>_scores.json` (a classifier's logits, probabilities and top class),
+with `confidence=True` also `<stem>_confidence.npy` (MediaPipe's confidence masks, H x W x masks),
 and `web_check.json` with the page's timings. Every request that leaves 127.0.0.1 is refused and
 listed there (there should be none).
 """
@@ -53,10 +54,12 @@ class BrowserPage:
     """A built page open in headless Chromium (a context manager): `run(paths)` feeds images.
 
     `browser`: the open page of another `BrowserPage` whose Chromium this page shares (a second
-    tab: one Playwright per thread); it is left open when this page closes."""
+    tab: one Playwright per thread); it is left open when this page closes. `confidence`: the page
+    also returns a segmenter's confidence masks (`?confidence=1`)."""
 
-    def __init__(self, folder, executable=None, timeout=120, browser=None):
+    def __init__(self, folder, executable=None, timeout=120, browser=None, confidence=False):
         self.folder, self.executable, self.timeout = pathlib.Path(folder), executable, timeout
+        self.query = "?confidence=1" if confidence else ""
         self.owner = browser
         self.outside = []  # requests refused: anything not on the page's own server
         self.console = []
@@ -79,7 +82,7 @@ class BrowserPage:
             self.page.set_default_timeout(self.timeout * 1000)
             self.page.route("**/*", self._route)
             self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
-            self.page.goto(self.server.url)
+            self.page.goto(self.server.url + self.query)
             self.ready = self.page.evaluate("() => window.litenext.ready")
         except Exception:
             self.__exit__()
@@ -124,7 +127,7 @@ def _save_mask(path, record):
     return mask
 
 
-def check_page(model, images, out, runs=0, kind="int8", npm_cache=None, executable=None, timeout=120):
+def check_page(model, images, out, runs=0, kind="int8", npm_cache=None, executable=None, timeout=120, confidence=False):
     """Run images through the page in headless Chromium; write masks or scores and `web_check.json`.
 
     Args:
@@ -132,6 +135,8 @@ def check_page(model, images, out, runs=0, kind="int8", npm_cache=None, executab
         images: image files (PNG, JPEG; grey or RGB).
         out: the folder for `<stem>_mask.png` / `<stem>_scores.json` and `web_check.json`.
         runs: timed runs per image after the first (0: the first run's time only).
+        confidence: also write a segmenter's `<stem>_confidence.npy` (float32, H x W x masks:
+            MediaPipe's confidence masks, the activation of the file's logits).
         npm_cache: the npm tarball cache (`npm.default_cache()` by default).
         executable: the Chromium to drive (default `find_browser()`).
 
@@ -149,7 +154,7 @@ def check_page(model, images, out, runs=0, kind="int8", npm_cache=None, executab
             raise WebError(f"{p}: no such image file")
     with tempfile.TemporaryDirectory(prefix="litenext-web-") as folder:
         info = build_page(model, folder, kind=kind, npm_cache=npm_cache)
-        with BrowserPage(folder, executable, timeout) as browser:
+        with BrowserPage(folder, executable, timeout, confidence=confidence) as browser:
             if not browser.ready:
                 raise WebError(f"{info['source_file']}: the page did not load it: {' '.join(browser.errors()) or 'no message'}")
             records = browser.run(paths, runs)
@@ -165,6 +170,12 @@ def check_page(model, images, out, runs=0, kind="int8", npm_cache=None, executab
             row["mask"] = str(out / f"{path.stem}_mask.png")
             _save_mask(row["mask"], record)
             row["areas"] = dict(zip(info["classes"], record["areas"]))
+            if confidence:
+                row["confidence"] = str(out / f"{path.stem}_confidence.npy")
+                masks = [np.frombuffer(base64.b64decode(m), np.float32) for m in record.get("confidence") or []]
+                if not masks:
+                    raise WebError(f"{path}: the page returned no confidence masks")
+                np.save(row["confidence"], np.stack([m.reshape(record["height"], record["width"]) for m in masks], -1))
         else:
             row["scores"] = str(out / f"{path.stem}_scores.json")
             scores = {k: record[k] for k in ("scores", "probabilities", "top")}

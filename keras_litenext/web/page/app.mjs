@@ -5,6 +5,8 @@
 const VISION = "./vendor/@mediapipe/tasks-vision/";
 const $ = (id) => document.getElementById(id);
 const state = { task: null, info: null, vision: null, fileset: null, busy: Promise.resolve() };
+// ?confidence=1: each result also carries the segmenter's confidence masks (the check compares them)
+const CONFIDENCE = new URLSearchParams(location.search).get("confidence") === "1";
 const api = { ready: null, results: [], errors: [], timeRuns: 0, version: null, idle: () => state.busy, handleFiles };
 window.litenext = api;
 
@@ -100,7 +102,7 @@ async function createTask(bytes, info, name) {
   try {
     task = info.reader === "ImageClassifier"
       ? await vision.ImageClassifier.createFromOptions(state.fileset, { ...base, maxResults: -1 })
-      : await vision.ImageSegmenter.createFromOptions(state.fileset, { ...base, outputCategoryMask: true, outputConfidenceMasks: false });
+      : await vision.ImageSegmenter.createFromOptions(state.fileset, { ...base, outputCategoryMask: true, outputConfidenceMasks: CONFIDENCE });
   } catch (err) {
     throw new Error(`${name}: MediaPipe's ${info.reader} rejects this model (${reason(err)})`);
   }
@@ -173,6 +175,7 @@ async function runImage(file) {
     record.top = scores.indexOf(Math.max(...scores));
   } else {
     const { cls, width, height } = classMask(result, info);
+    if (CONFIDENCE) record.confidence = (result.confidenceMasks || []).map((m) => new Uint8Array(m.getAsFloat32Array().slice().buffer));
     result.close();
     record.mask = cls;
     record.width = width;
@@ -266,7 +269,7 @@ export function handleFiles(files) {
     for (const file of list.filter((f) => !f.name.toLowerCase().endsWith(".tflite"))) {
       try {
         const r = await runImage(file);
-        api.results.push({ ...r, mask: r.mask ? toBase64(r.mask) : undefined });
+        api.results.push({ ...r, mask: r.mask ? toBase64(r.mask) : undefined, confidence: r.confidence ? r.confidence.map(toBase64) : undefined });
       } catch (err) {
         const message = reason(err);
         showError(message);
