@@ -951,3 +951,22 @@ def test_bundled_preset_loads_and_its_int8_file_runs_in_mediapipe():
     assert T.io_details(path)["input"]["dtype"] == "uint8"
     assert np.mean((T.run_tflite(path, pixels)[..., 0] > 0) == keras_fg) >= 0.97
     assert_mediapipe_segmenter_agrees(path, pixels)
+
+
+def test_one_models_files_share_one_frozen_graph(monkeypatch):
+    # export's fp32, fp16 and PTQ files trace and freeze the model once (`convert(frozen=...)`):
+    # the later files are the bytes a fresh trace gives, and the model is not put in its
+    # deployment form (traced) again.
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1)(x))
+    frozen = {}
+    first = T.convert(model, "fp32", frozen=frozen)
+    assert frozen["shape"] == (32, 32, 3) and first == T.convert(model, "fp32")
+    fresh = T.convert(model, "fp16")
+    traced = []
+    real = Q.deployment_model
+    monkeypatch.setattr(Q, "deployment_model", lambda m: traced.append(m) or real(m))
+    assert T.convert(model, "fp16", frozen=frozen) == fresh and traced == []
+    assert T.convert(model, "fp16", frozen={}) == fresh and len(traced) == 1  # an empty cache traces

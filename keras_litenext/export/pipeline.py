@@ -220,11 +220,12 @@ class _FileWriter:
     def write_comparison_files(self, model):
         """The fp32, fp16 and int8 PTQ files of the float model, those among the kinds asked for."""
         o, train_images = self.options, self.arrays["train"][0]
+        frozen = {}  # the model is traced and frozen once for the three files
         builds = {
-            "fp32": lambda: convert_phone(model, "fp32"),
-            "fp16": lambda: convert_phone(model, "fp16"),
+            "fp32": lambda: convert_phone(model, "fp32", frozen=frozen),
+            "fp16": lambda: convert_phone(model, "fp16", frozen=frozen),
             "int8_ptq": lambda: convert_phone(model, "int8", representative_data=train_images, io=o.io,
-                                              num_calibration=o.num_calibration, int8_mode=o.int8_mode),
+                                              num_calibration=o.num_calibration, int8_mode=o.int8_mode, frozen=frozen),
         }
         for kind, build in builds.items():
             if kind in o.kinds:

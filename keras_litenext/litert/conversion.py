@@ -93,7 +93,7 @@ def _quiet_native_stderr():
 
 
 def convert(model, kind="int8", representative_data=None, io="int8", input_shape=None, num_calibration=200, quiet=True,
-            rewrite=True, int8_mode="cpu"):
+            rewrite=True, int8_mode="cpu", frozen=None):
     """Convert a Keras model to TFLite and return the flatbuffer bytes.
 
     Args:
@@ -114,6 +114,9 @@ def convert(model, kind="int8", representative_data=None, io="int8", input_shape
             and ADD/SUB/MUL/RELU whose scales XNNPACK rejects) as float islands inside the int8
             graph (`float_islands`), so the whole file is one XNNPACK partition; `"strict"`
             keeps every op int8, for accelerators that run pure int8 graphs (NPUs, DSPs).
+        frozen: a dict the caller keeps across conversions of one model (its fp32, fp16 and PTQ
+            files): the traced, frozen graph is made on the first and reused by the others (the
+            same graph, so the same files, without tracing the model again).
 
     Returns:
         bytes of the `.tflite` file.
@@ -147,12 +150,12 @@ def convert(model, kind="int8", representative_data=None, io="int8", input_shape
                 f"convert: {len(missing)} quantizer ranges of the QAT model were never calibrated ({', '.join(missing[:3])}...); "
                 "run keras_litenext.quantization.calibrate (or qat_finetune) first."
             )
-    elif rewrite:
+    elif rewrite and not (frozen and frozen.get("shape") == shape):
         model = deployment_model(model)
     if kind == "int8" and representative_data is None:
         raise ValueError("convert: int8 conversion needs representative_data (training images).")
 
-    with _converter(model, shape) as converter:
+    with _converter(model, shape, frozen) as converter:
         if kind == "fp16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
@@ -177,7 +180,7 @@ def convert(model, kind="int8", representative_data=None, io="int8", input_shape
 
 
 @contextlib.contextmanager
-def _converter(model, shape):
+def _converter(model, shape, frozen=None):
     """A `TFLiteConverter` of `model(x, training=False)` at the static input shape `(1, *shape)`.
 
     The graph is traced once and its variables frozen into constants, then converted from the
@@ -195,8 +198,14 @@ def _converter(model, shape):
     except ImportError:  # pragma: no cover - depends on the TensorFlow version
         convert_variables_to_constants_v2 = None
     if convert_variables_to_constants_v2 is not None:
-        function = tf.function(lambda x: model(x, training=False)).get_concrete_function(signature)
-        yield tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(function)])
+        if frozen is not None and frozen.get("shape") == shape:
+            constant = frozen["function"]
+        else:
+            function = tf.function(lambda x: model(x, training=False)).get_concrete_function(signature)
+            constant = convert_variables_to_constants_v2(function)
+            if frozen is not None:
+                frozen.update(shape=shape, function=constant)
+        yield tf.lite.TFLiteConverter.from_concrete_functions([constant])
         return
     import keras
 
