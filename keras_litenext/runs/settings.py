@@ -4,7 +4,9 @@ The command line (`keras_litenext.cli.fit`), a `--config` JSON file and a resume
 `config.json` all become one `TrainConfig`, checked once by `validate` (`SETTING_TYPES`, the same
 value types the flags have). Values keep their types until written: `intensity` is an
 `intensity.Intensity` (or None), turned into its dict by `to_dict` (what `config.json` holds) and
-back by `from_dict` / `read`.
+back by `from_dict` / `read`. `augment` is True (the task's augmentation), False (none) or a dict of
+`data.augmenter` keyword arguments over the task's defaults (e.g. `{"rotation": 15, "blur": 0}`),
+stored in `config.json` as given.
 """
 
 import dataclasses
@@ -71,7 +73,7 @@ class TrainConfig:
     mwl_kernel: int = 7
     class_weights: tuple | None = None  # multiclass / classification cross-entropy weights, one per class
     label_smoothing: float = 0.0  # classification cross-entropy only
-    augment: bool = True
+    augment: bool | dict = True  # True: the task's augmentation; False: none; a dict: `data.augmenter` arguments over it
     serp: bool = False
     serp_weight: float = 0.1
     serp_decay: float = 0.99
@@ -173,6 +175,7 @@ class TrainConfig:
             if getattr(self, name) not in ("auto", "on", "off", True, False):
                 raise ValueError(f"--{name.replace('_', '-')}: must be auto, on or off, got {getattr(self, name)!r}")
         self._read_intensity()  # one set after construction is read too
+        self.augment = _checked_augment(self.augment)
         if min(self.split) == 0:
             raise ValueError(f"--split: each of train, val and test needs a fraction above 0, got {','.join(f'{v:g}' for v in self.split)}")
         return self
@@ -203,6 +206,34 @@ class TrainConfig:
 
         self.task = task_of_model(_model_spec(self.model), self.task, model_name=self.model)
         return TASKS.get(self.task, SegmentationTask).resolve_settings(self)
+
+
+def _checked_augment(value):
+    """`augment` checked: True, False, or a dict of `data.augmenter` keyword arguments (its names
+    and ranges; `seed` is the run's); an empty dict is True. A bad one is a one-line `ValueError`
+    naming the key."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"--augment: must be true, false or a dict of augmentation settings, got {value!r}")
+    if not value:
+        return True
+    import inspect
+
+    from keras_litenext.data.augment import augmenter
+
+    known = [name for name in inspect.signature(augmenter).parameters if name != "seed"]
+    for key, setting in value.items():
+        if key not in known:
+            raise ValueError(f"--augment: unknown augmentation setting {key!r}; known: {', '.join(known)}")
+        kind = bool if key == "flip" else (int, float)
+        if not isinstance(setting, kind) or (kind is not bool and isinstance(setting, bool)):
+            raise ValueError(f"--augment: {key} must be {'true or false' if kind is bool else 'a number'}, got {setting!r}")
+    try:
+        augmenter(**value)  # its ranges
+    except ValueError as err:
+        raise ValueError(f"--augment: {str(err).removeprefix('augmenter: ')}") from None
+    return dict(value)
 
 
 def _model_spec(name):

@@ -174,11 +174,14 @@ class ClassificationTask(Task):
 
         return split_images(stems, labels, fractions=fractions, seed=seed)
 
-    def augmenter(self, seed=None):
-        """Flips and small rotations of the image only."""
+    def augmenter(self, seed=None, **options):
+        """Flips and small rotations of the image only; `options` (`data.augmenter` keyword
+        arguments) change those settings."""
+        from keras_litenext.data.augment import augmenter
         from keras_litenext.data.folders import classification_augmenter
 
-        return classification_augmenter(seed=seed)
+        base = classification_augmenter(seed=seed)
+        return augmenter(**{**base.config, **options}) if options else base
 
     def dataset(self, images, labels, batch_size, augment=None, shuffle=False, seed=None, drop_remainder=False):
         """A `tf.data` pipeline of `(image, label)` batches."""

@@ -179,11 +179,12 @@ class SegmentationTask(Task):
 
         return split_stems(stems, fractions=fractions, seed=seed)
 
-    def augmenter(self, seed=None):
-        """Flips, rotation, zoom, brightness/contrast and blur, moving the mask with the image."""
+    def augmenter(self, seed=None, **options):
+        """Flips, rotation, zoom, brightness/contrast and blur, moving the mask with the image;
+        `options` (`data.augmenter` keyword arguments) change those defaults."""
         from keras_litenext.data.augment import augmenter
 
-        return augmenter(seed=seed)
+        return augmenter(seed=seed, **options)
 
     def dataset(self, images, masks, batch_size, augment=None, shuffle=False, seed=None, drop_remainder=False):
         """A `tf.data` pipeline of `(image, target)` batches in this task's target form."""

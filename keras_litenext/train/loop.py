@@ -268,7 +268,9 @@ def build_datasets(config, arrays):
     get `((view1, view2), target)`."""
     task = config.task_spec
     train_images, train_targets = arrays["train"]
-    augment = task.augmenter(seed=config.seed) if config.augment else None
+    # config.augment: True (the task's augmentation), False (none) or `augmenter` arguments over it
+    options = config.augment if isinstance(config.augment, dict) else ({} if config.augment else None)
+    augment = None if options is None else task.augmenter(seed=config.seed, **options)
     if config.serp:
         augment = _serp_views(augment)
     train = task.dataset(train_images, train_targets, config.batch_size, augment=augment, shuffle=True, seed=config.seed,
