@@ -22,13 +22,18 @@ from keras_litenext.web import check as C
 
 pytestmark = pytest.mark.skipif(C.missing() is not None, reason=str(C.missing()))
 
-SHORT_RUNS = {"litenext": 32, "ulite": 32, "lvunet": 128, "mednext_seg-t": 32, "mednext_cls-t": 32}
+# MedNeXt's two runs are in `test_web_mednext.py`: a module each, so two test processes share them.
+SHORT_RUNS = {"litenext": 32, "ulite": 32, "lvunet": 128}
 CLASSIFIERS = ("mednext_cls-t",)
 
 
 @pytest.fixture(scope="module")
 def short_runs(tmp_path_factory):
-    """{family: (int8 file, images at its size)}."""
+    return make_short_runs(tmp_path_factory.mktemp("short"), SHORT_RUNS)
+
+
+def make_short_runs(root, families):
+    """{family: (int8 file, images at its size)} for `families` ({name: image size})."""
     import shutil
 
     from keras_litenext.data import sample_data_dir
@@ -36,7 +41,7 @@ def short_runs(tmp_path_factory):
     from keras_litenext.runs.settings import TrainConfig
     from keras_litenext.train import train
 
-    root, src = tmp_path_factory.mktemp("short"), pathlib.Path(sample_data_dir())
+    src = pathlib.Path(sample_data_dir())
     stems = sorted(p.name for p in (src / "images").glob("*.png"))[:16]
     for sub in ("images", "masks"):
         (root / "seg" / sub).mkdir(parents=True)
@@ -47,7 +52,7 @@ def short_runs(tmp_path_factory):
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / "images" / name, folder / name)
     out = {}
-    for family, size in SHORT_RUNS.items():
+    for family, size in families.items():
         run = root / family
         data = root / ("cls" if family in CLASSIFIERS else "seg")
         train(TrainConfig(model=family, data=str(data), image_size=size, epochs=1, batch_size=8, output=str(run), verbose=0))
@@ -77,9 +82,12 @@ def assert_confidences_agree(confidences, expected, atol=1e-4):
 
 @pytest.mark.parametrize("family", list(SHORT_RUNS))
 def test_each_familys_default_int8_file_runs_in_the_browser_as_in_litert(family, short_runs, tmp_path):
+    check_in_the_browser(family, *short_runs[family], tmp_path)
+
+
+def check_in_the_browser(family, path, images, tmp_path):
     from keras_litenext.litert import inspect_tflite
 
-    path, images = short_runs[family]
     info = inspect_tflite(str(path))
     assert info["input"]["dtype"] == "uint8" and info["output"]["dtype"] == "float32"
     logits = litert_logits(path, images)
