@@ -329,20 +329,9 @@ def table(results, header, threads_note):
 
 
 def write_section(text):
-    path = os.path.join(ROOT, "BENCHMARKS.md")
-    with open(path, encoding="utf-8") as f:
-        doc = f.read()
-    block = f"{START}\n{text}{END}"
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
-    else:  # before the suite's section
-        anchor = "## The suite (`benchmarks/run.py`)"
-        section = f"{TITLE}\n\n{block}\n\n"
-        doc = doc.replace(anchor, section + anchor, 1) if anchor in doc else doc.rstrip() + "\n\n" + section
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(doc)
-    os.replace(tmp, path)
+    from sections import write_section as write
+
+    write(os.path.join(ROOT, "BENCHMARKS.md"), START, END, text, TITLE)  # before the suite's section
 
 
 def main(argv=None):

@@ -320,17 +320,11 @@ def table(jobs, runs):
 def write_section(path, text):
     """Replace this script's section of a Markdown file (between the lines START and END), or add
     it at the end. Only whole marker lines count: a marker quoted in the text is left alone."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines(keepends=True)
-    marks = [i for i, line in enumerate(lines) if line.strip() in (START, END)]
-    block = f"{START}\n{text}{END}\n"
-    if len(marks) == 2 and lines[marks[0]].strip() == START:
-        doc = "".join(lines[: marks[0]]) + block + "".join(lines[marks[1] + 1:])
-    else:
-        doc = "".join(lines).rstrip() + f"\n\n{TITLE}\n\n{block}"
-    from keras_litenext.utils import write_text
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    from sections import write_section as write
 
-    write_text(path, doc)
+    write(path, START, END, text, TITLE, before=None)
 
 
 def header(args, argv, started):

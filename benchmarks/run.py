@@ -540,18 +540,10 @@ def peer_versions(args):
 
 
 def write_section(text):
-    path = os.path.join(ROOT, "BENCHMARKS.md")
-    with open(path, encoding="utf-8") as f:
-        doc = f.read()
-    block = f"{START}\n{text}{END}"
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip() + "\n\n## The suite (`benchmarks/run.py`)\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(doc)
-    os.replace(tmp, path)
+    from sections import SUITE
+    from sections import write_section as write
+
+    write(os.path.join(ROOT, "BENCHMARKS.md"), START, END, text, SUITE, before=None)
 
 
 def main(argv=None):

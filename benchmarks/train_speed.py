@@ -298,25 +298,21 @@ def table(rows):
 def replace_section(doc, text):
     """`doc` with this script's block between its markers replaced by `text` (or the section added
     before the suite's section, else at the end); everything outside the markers is kept."""
-    block = f"{START}\n{text}{END}"
-    if START in doc and END in doc and doc.index(START) < doc.index(END):
-        return doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
-    if START in doc or END in doc:
-        raise ValueError("BENCHMARKS.md has only one of the train_speed markers, or them in the wrong order")
-    anchor = "## The suite (`benchmarks/run.py`)"
-    section = f"{TITLE}\n\n{block}\n\n"
-    return doc.replace(anchor, section + anchor, 1) if anchor in doc else doc.rstrip() + "\n\n" + section
+    return _sections().replace_section(doc, START, END, text, TITLE)
 
 
 def write_section(text, path=None):
-    path = path or os.path.join(ROOT, "BENCHMARKS.md")
-    with open(path, encoding="utf-8") as f:
-        doc = f.read()
-    doc = replace_section(doc, text)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(doc)
-    os.replace(tmp, path)
+    _sections().write_section(path or os.path.join(ROOT, "BENCHMARKS.md"), START, END, text, TITLE)
+
+
+def _sections():
+    """`benchmarks/sections.py` (this script's folder on the path, as for `run.cpu_info`)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import sections
+
+    return sections
 
 
 def cpu():
