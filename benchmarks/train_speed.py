@@ -46,20 +46,6 @@ MULTIPLE = {"litenext": 16, "ulite": 32, "lvunet": 128}
 THEIRS = {"litenext": "LiteNeXt(kernel_sizes=[7] * 4)", "ulite": "ULite()", "lvunet": "LV_UNet() (training form)"}
 
 
-def _int_at_least(low):
-    def convert(value):
-        try:
-            n = int(value)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value!r}") from None
-        if n < low or str(n) != str(value).strip():
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value!r}")
-        return n
-
-    convert.__name__ = f"integer >= {low}"
-    return convert
-
-
 def model_list(value):
     names = [n.strip() for n in str(value).split(",") if n.strip()]
     unknown = [n for n in names if n not in MULTIPLE]
@@ -69,17 +55,19 @@ def model_list(value):
 
 
 def parse_args(argv=None):
+    from keras_litenext.runs.checks import int_range
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--render", metavar="JSON", help="no measurement: rewrite the section from an earlier --json file")
     p.add_argument("--authors", help="folder with the authors' exports: litenext/, ulite/, lvunet/")
     p.add_argument("--torch-python", help="a Python interpreter with torch (and torchvision, timm)")
     p.add_argument("--models", type=model_list, default=list(MULTIPLE), help="comma-separated (default: all three)")
-    p.add_argument("--size", type=_int_at_least(16), default=128, help="image side (default 128)")
-    p.add_argument("--batch", type=_int_at_least(1), default=8)
-    p.add_argument("--steps", type=_int_at_least(1), default=10, help="timed steps per round (default 10)")
-    p.add_argument("--warmup", type=_int_at_least(1), default=3, help="untimed steps after building (default 3)")
-    p.add_argument("--rounds", type=_int_at_least(3), default=3, help="interleaved rounds, at least 3 (default 3)")
-    p.add_argument("--threads", type=_int_at_least(1), default=2)
+    p.add_argument("--size", type=int_range(16), default=128, help="image side (default 128)")
+    p.add_argument("--batch", type=int_range(1), default=8)
+    p.add_argument("--steps", type=int_range(1), default=10, help="timed steps per round (default 10)")
+    p.add_argument("--warmup", type=int_range(1), default=3, help="untimed steps after building (default 3)")
+    p.add_argument("--rounds", type=int_range(3), default=3, help="interleaved rounds, at least 3 (default 3)")
+    p.add_argument("--threads", type=int_range(1), default=2)
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--write", action="store_true", help="replace this script's section of BENCHMARKS.md")
     args = p.parse_args(argv)
